@@ -1,0 +1,161 @@
+"""Alert types (SPEC §3): kinds, lifecycle states, the alert object and its transitions."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.model import Severity
+
+
+class AlertKind(enum.StrEnum):
+    OVER_PRESSURE = "over_pressure"
+    UNDER_PRESSURE = "under_pressure"
+    OVER_TIME = "over_time"
+    SHORT_REPERFUSION = "short_reperfusion"
+    SESSION_OVER_TIME = "session_over_time"
+    CUFF_OFFLINE = "cuff_offline"
+    SENSOR_FAULT = "sensor_fault"
+    BATTERY_LOW = "battery_low"
+
+
+class AlertState(enum.StrEnum):
+    FIRING = "firing"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class Change(enum.StrEnum):
+    """What happened to an alert; every change is published, stored and (maybe) pushed."""
+
+    RAISED = "raised"  # a new alert
+    REOPENED = "reopened"  # flap guard: the condition came back within reraise_after_s
+    UPDATED = "updated"  # severity (or value/threshold of the worst row) changed in place
+    ACKNOWLEDGED = "acknowledged"
+    REFIRED = "refired"  # ack silence ran out and the condition still holds
+    ESCALATED = "escalated"  # critical, unacknowledged for escalate_after_s
+    RESOLVED = "resolved"
+
+
+UNITS: dict[AlertKind, str | None] = {
+    AlertKind.OVER_PRESSURE: "mmHg",
+    AlertKind.UNDER_PRESSURE: "mmHg",
+    AlertKind.OVER_TIME: "s",
+    AlertKind.SHORT_REPERFUSION: "s",
+    AlertKind.SESSION_OVER_TIME: "s",
+    AlertKind.CUFF_OFFLINE: "s",
+    AlertKind.SENSOR_FAULT: "mmHg",
+    AlertKind.BATTERY_LOW: "%",
+}
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """RFC 3339 UTC with milliseconds, as in the SPEC's alert object."""
+    dt = datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def parse_iso_ms(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return round(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """One alert as published on MQTT and stored (SPEC §3 alert object)."""
+
+    id: str  # ULID: unique and sortable by start time
+    team: str
+    cuff: str
+    athlete: str
+    limb: str
+    kind: AlertKind
+    severity: Severity
+    state: AlertState
+    value: float | None
+    threshold: float | None
+    unit: str | None
+    message: str
+    started_at_ms: int
+    updated_at_ms: int
+    acknowledged_by: str | None = None
+    escalated: bool = False
+
+    def evolve(self, **changes: Any) -> Alert:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "team": self.team,
+            "cuff": self.cuff,
+            "athlete": self.athlete,
+            "limb": self.limb,
+            "kind": self.kind.value,
+            "severity": self.severity.label,
+            "state": self.state.value,
+            "value": self.value,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "message": self.message,
+            "started_at": iso_ms(self.started_at_ms),
+            "updated_at": iso_ms(self.updated_at_ms),
+            "acknowledged_by": self.acknowledged_by,
+            "escalated": self.escalated,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        """Inverse of `to_dict` (used to restore open alerts from retained messages)."""
+        return cls(
+            id=str(d["id"]),
+            team=str(d["team"]),
+            cuff=str(d["cuff"]),
+            athlete=str(d.get("athlete") or ""),
+            limb=str(d.get("limb") or ""),
+            kind=AlertKind(d["kind"]),
+            severity=Severity.parse(d["severity"]),
+            state=AlertState(d["state"]),
+            value=None if d.get("value") is None else float(d["value"]),
+            threshold=None if d.get("threshold") is None else float(d["threshold"]),
+            unit=d.get("unit"),
+            message=str(d.get("message") or ""),
+            started_at_ms=parse_iso_ms(d["started_at"]),
+            updated_at_ms=parse_iso_ms(d["updated_at"]),
+            acknowledged_by=d.get("acknowledged_by"),
+            escalated=bool(d.get("escalated", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An alert's state change, for the delivery stage to publish, store and push."""
+
+    alert: Alert
+    change: Change
+    push: bool  # False for backlog readings older than alert_max_age_s, and for silenced refreshes
+    escalation: bool = False  # True: also goes to the team's escalation routes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoutSummary:
+    """A finished occlusion bout (SPEC §4 `occlusion_bout`; time = bout start)."""
+
+    team: str
+    cuff: str
+    athlete: str
+    limb: str
+    start_ms: int
+    duration_s: float
+    mean_pressure_mmhg: float | None
+    min_pressure_mmhg: float | None
+    max_pressure_mmhg: float | None
+    target_mmhg: float | None
+    time_in_band_pct: float | None
+    alerts: int

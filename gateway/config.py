@@ -1,0 +1,428 @@
+"""Configuration (SPEC §7): one TOML file, every key overridable from the environment.
+
+`load_settings(path)` reads the file, applies `CUFFWATCH_…` variables (`__` between
+levels), resolves `*_file` secrets, and validates everything at once. Problems come
+back as `ConfigError` with one clear line each.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from alerts.params import RuleParams
+from gateway.model import Limb, Protocol, Severity
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds one human line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: str | None) -> SecretStr | None:
+    if not path:
+        return None
+    return SecretStr(Path(path).read_text(encoding="utf-8").strip())
+
+
+class BrokerSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal[5, 3] = 5
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: str | None = None
+    client_id: str | None = None  # default: cuffwatch-{instance}
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    session_expiry_s: int = Field(default=3600, ge=3600)  # ≥ 1 h (SPEC §2)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # MQTT 5 shared subscription group; several gateways in one group split the fleet (§9).
+    shared_group: str | None = None
+    # Restrict this gateway to some teams (partitioning by team); empty = every team.
+    teams: tuple[str, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return v
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    def secret_password(self) -> str | None:
+        secret = self.password or _read_secret_file(self.password_file)
+        return secret.get_secret_value() if secret else None
+
+
+class InfluxSettings(_Section):
+    # "file" writes line protocol to local files (`influx write` imports them): the demo's store.
+    api: Literal["v2", "v1", "file"] = "v2"
+    url: str = "http://127.0.0.1:8086"
+    org: str = "club"
+    bucket: str = "bfr"
+    token: SecretStr | None = None
+    token_file: str | None = None
+    database: str = "bfr"
+    retention_policy: str = ""
+    username: str = ""
+    password: SecretStr | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    verify_ssl: bool = True
+    file_dir: str = "./cuffwatch-data"
+    gzip: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def secret_token(self) -> str | None:
+        secret = self.token or _read_secret_file(self.token_file)
+        return secret.get_secret_value() if secret else None
+
+    def secret_password(self) -> str | None:
+        secret = self.password or _read_secret_file(self.password_file)
+        return secret.get_secret_value() if secret else None
+
+
+class SpoolSettings(_Section):
+    dir: str = "/var/lib/cuffwatch/spool"
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+
+
+class HealthSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class LimbLimits(_Section):
+    hard_max_mmhg: float = Field(gt=0)
+    default_max_mmhg: float = Field(gt=0)
+    max_bout_s: PositiveSeconds
+
+
+class IpcLimits(_Section):
+    hard_max_mmhg: float = Field(default=300.0, gt=0)
+    warn_bout_s: PositiveSeconds = 240.0
+    max_bout_s: PositiveSeconds = 300.0
+    min_rest_s: float = Field(default=300.0, ge=0)
+    max_bouts_per_hour: int = Field(default=4, ge=1)
+
+
+class AlertSettings(_Section):
+    """Defaults for every team (SPEC §3 names); a team may override any of them."""
+
+    tolerance_mmhg: float = Field(default=15.0, ge=0)
+    warn_bout_s: PositiveSeconds = 600.0
+    min_rest_s: float = Field(default=60.0, ge=0)
+    min_rest_after_max_s: float = Field(default=180.0, ge=0)
+    max_session_occlusion_s: PositiveSeconds = 1800.0
+    stale_after_s: PositiveSeconds = 10.0
+    escalate_after_s: PositiveSeconds = 60.0
+    ack_silence_s: PositiveSeconds = 60.0
+    reraise_after_s: float = Field(default=30.0, ge=0)
+    alert_max_age_s: PositiveSeconds = 60.0
+    max_clock_skew_s: PositiveSeconds = 300.0
+    max_backlog_s: PositiveSeconds = 3600.0
+    arm: LimbLimits = LimbLimits(hard_max_mmhg=250, default_max_mmhg=180, max_bout_s=900)
+    leg: LimbLimits = LimbLimits(hard_max_mmhg=300, default_max_mmhg=240, max_bout_s=1200)
+    ipc: IpcLimits = IpcLimits()
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Self:
+        for name in ("arm", "leg"):
+            limits: LimbLimits = getattr(self, name)
+            if limits.max_bout_s <= self.warn_bout_s:
+                raise ValueError(
+                    f"{name}.max_bout_s ({limits.max_bout_s:g}) must exceed warn_bout_s "
+                    f"({self.warn_bout_s:g})"
+                )
+        if self.ipc.max_bout_s <= self.ipc.warn_bout_s:
+            raise ValueError("ipc.max_bout_s must exceed ipc.warn_bout_s")
+        return self
+
+
+class Route(_Section):
+    """One push destination (an Apprise URL) and which alerts it receives."""
+
+    url: SecretStr | None = None  # Apprise URLs may carry tokens: never logged
+    url_file: str | None = None
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    escalation: bool = False  # true: receives escalations only
+    max_per_minute: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Self:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("give exactly one of url or url_file")
+        return self
+
+    @property
+    def severity(self) -> Severity:
+        return Severity.parse(self.min_severity)
+
+    def secret_url(self) -> str:
+        secret = self.url or _read_secret_file(self.url_file)
+        assert secret is not None  # guaranteed by _one_url
+        return secret.get_secret_value()
+
+
+class Prescription(_Section):
+    """Per athlete and limb: LOP and target, optionally own bout limits and protocol."""
+
+    lop_mmhg: float | None = Field(default=None, gt=0, le=400)
+    target_pct_lop: float | None = Field(default=None, gt=0, le=150)
+    target_mmhg: float | None = Field(default=None, gt=0, le=400)
+    max_bout_s: PositiveSeconds | None = None
+    warn_bout_s: PositiveSeconds | None = None
+    tolerance_mmhg: float | None = Field(default=None, ge=0)
+    protocol: Protocol = Protocol.BFR
+
+    @model_validator(mode="after")
+    def _pct_needs_lop(self) -> Self:
+        if self.target_pct_lop is not None and self.lop_mmhg is None:
+            raise ValueError("target_pct_lop needs lop_mmhg")
+        return self
+
+
+class Athlete(_Section):
+    name: str = ""
+    prescriptions: dict[Limb, Prescription] = {}
+
+
+class RosterCuff(_Section):
+    """A cuff of the roster and its default assignment."""
+
+    athlete: str | None = None
+    limb: Limb | None = None
+
+
+class Team(_Section):
+    name: str = ""
+    alerts: dict[str, Any] = {}  # partial overrides of [alerts]
+    routes: list[Route] = []
+    athletes: dict[str, Athlete] = {}
+    cuffs: dict[Ident, RosterCuff] = {}
+
+
+class Assignment(BaseModel):
+    """A cuff's current assignment (SPEC §2), from MQTT; fields missing come from the roster."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    athlete: Annotated[str, Field(min_length=1, max_length=64)]
+    limb: Limb | None = None
+    protocol: Protocol | None = None
+    lop_mmhg: float | None = Field(default=None, gt=0, le=400)
+    target_pct_lop: float | None = Field(default=None, gt=0, le=150)
+    target_mmhg: float | None = Field(default=None, gt=0, le=400)
+    max_bout_s: float | None = Field(default=None, gt=0)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CUFFWATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    instance: Ident = "gw-1"
+    topic_root: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]{1,64}$")] = "bfr"
+    broker: BrokerSettings = BrokerSettings()
+    influx: InfluxSettings = InfluxSettings()
+    spool: SpoolSettings = SpoolSettings()
+    health: HealthSettings = HealthSettings()
+    alerts: AlertSettings = AlertSettings()
+    teams: dict[Ident, Team] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it (SPEC §7).
+        return (env_settings, init_settings, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _check_roster(self) -> Self:
+        problems: list[str] = []
+        owner: dict[str, str] = {}
+        for team_id, team in self.teams.items():
+            for cuff_id in team.cuffs:
+                if cuff_id in owner:
+                    problems.append(
+                        f"teams.{team_id}.cuffs.{cuff_id}: cuff already belongs to team "
+                        f"{owner[cuff_id]} (a cuff belongs to one team)"
+                    )
+                owner[cuff_id] = team_id
+            for athlete_id in team.athletes:
+                if not _ID_RE.match(athlete_id):
+                    problems.append(f"teams.{team_id}.athletes.{athlete_id}: bad athlete id")
+            try:
+                self.team_alerts(team_id)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in err["loc"])
+                    problems.append(f"teams.{team_id}.alerts.{loc}: {err['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- lookups used by the gateway, the rules and the dashboards ---------------------------
+
+    def team_alerts(self, team_id: str) -> AlertSettings:
+        """[alerts] with the team's overrides applied."""
+        overrides = self.teams[team_id].alerts
+        if not overrides:
+            return self.alerts
+        merged = _deep_merge(self.alerts.model_dump(), overrides)
+        return AlertSettings.model_validate(merged)
+
+    def cuff_team(self, cuff_id: str) -> str | None:
+        for team_id, team in self.teams.items():
+            if cuff_id in team.cuffs:
+                return team_id
+        return None
+
+    def rule_params(
+        self,
+        team_id: str,
+        athlete: str,
+        limb: Limb,
+        assignment: Assignment | None = None,
+    ) -> RuleParams:
+        """Resolve the limits: assignment, then the athlete's prescription, then team defaults."""
+        team = self.teams[team_id]
+        defaults = self.team_alerts(team_id)
+        athlete_cfg = team.athletes.get(athlete)
+        rx = athlete_cfg.prescriptions.get(limb) if athlete_cfg else None
+        a = assignment
+
+        protocol = (a.protocol if a else None) or (rx.protocol if rx else Protocol.BFR)
+        lop = (a.lop_mmhg if a else None) or (rx.lop_mmhg if rx else None)
+        pct = (a.target_pct_lop if a else None) or (rx.target_pct_lop if rx else None)
+        target = (a.target_mmhg if a else None) or (rx.target_mmhg if rx else None)
+        if target is None and pct is not None and lop is not None:
+            target = round(lop * pct / 100.0, 1)
+
+        limits = defaults.leg if limb.is_leg else defaults.arm
+        hard_max = limits.hard_max_mmhg
+        warn_bout = (rx.warn_bout_s if rx else None) or defaults.warn_bout_s
+        max_bout = limits.max_bout_s
+        min_rest = defaults.min_rest_s
+        per_hour: int | None = None
+        if protocol is Protocol.IPC:
+            hard_max = defaults.ipc.hard_max_mmhg
+            warn_bout = defaults.ipc.warn_bout_s
+            max_bout = defaults.ipc.max_bout_s
+            min_rest = defaults.ipc.min_rest_s
+            per_hour = defaults.ipc.max_bouts_per_hour
+        max_bout = (a.max_bout_s if a else None) or (rx.max_bout_s if rx else None) or max_bout
+        return RuleParams(
+            limb=limb,
+            protocol=protocol,
+            tolerance_mmhg=(rx.tolerance_mmhg if rx and rx.tolerance_mmhg is not None
+                            else defaults.tolerance_mmhg),
+            hard_max_mmhg=hard_max,
+            default_max_mmhg=limits.default_max_mmhg,
+            lop_mmhg=lop,
+            target_mmhg=target,
+            warn_bout_s=min(warn_bout, max_bout),
+            max_bout_s=max_bout,
+            min_rest_s=min_rest,
+            min_rest_after_max_s=max(defaults.min_rest_after_max_s, min_rest),
+            max_session_occlusion_s=defaults.max_session_occlusion_s,
+            max_bouts_per_hour=per_hour,
+            stale_after_s=defaults.stale_after_s,
+            escalate_after_s=defaults.escalate_after_s,
+            ack_silence_s=defaults.ack_silence_s,
+            reraise_after_s=defaults.reraise_after_s,
+            alert_max_age_s=defaults.alert_max_age_s,
+        )
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"cuffwatch-{self.instance}"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.extend(f"{loc}: {part}" for part in msg.split("; "))
+    return lines
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read `path` (TOML) plus the environment; raise `ConfigError` listing every problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such file"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    data = _deep_merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
