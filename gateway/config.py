@@ -233,7 +233,7 @@ class RosterCuff(_Section):
     """A cuff of the roster and its default assignment."""
 
     athlete: str | None = None
-    limb: Limb | None = None
+    limb: Limb  # required: the rules need arm or leg limits before any assignment arrives
 
 
 class Team(_Section):

@@ -1,0 +1,481 @@
+"""The gateway: the one place that wires MQTT, per-cuff state, alerts and ingest together.
+
+Per telemetry message (one task per message, run by gmqtt):
+  decode → roster + dedup → alert engine → alerts published at once → lines to the spool
+  → return (gmqtt PUBACKs only now, on MQTT 5).
+Everything long-running lives in one TaskGroup with named tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from alerts.engine import AlertEngine
+from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Transition
+from gateway.config import Assignment, Settings
+from gateway.decode import (
+    Rejected,
+    RejectReason,
+    Rejection,
+    decode_readings,
+    decode_status,
+)
+from gateway.health import Counters, GatewayCollector, HealthServer
+from gateway.model import CuffPhase
+from gateway.mqtt import MqttLink, make_ssl_context
+from gateway.state import CuffState, Fleet
+from gateway.topics import BadTopic, Topics, TopicKind
+from ingest import lineproto
+from ingest.pipeline import IngestPipeline
+from ingest.sinks import Sink, make_sink
+from ingest.spool import Spool, SpoolFull
+
+log = logging.getLogger("cuffwatch.gateway")
+
+TICK_INTERVAL_S = 0.2  # stale/escalation/silence timers: well inside the 1 s alert budget
+STATS_INTERVAL_S = 10.0  # SPEC §4: gateway_stats every 10 s
+REJECT_LOG_INTERVAL_S = 60.0  # log a cuff's rejections at most once a minute (STYLE 5)
+REJECT_LOG_MAX_KEYS = 10_000  # hostile ids are unbounded; the rate limiter's memory is not
+SPOOL_FULL_RETRY_S = 0.5  # while the spool is full, hold the message (no PUBACK) and retry
+DRAIN_TIMEOUT_S = 10.0  # SIGTERM: in-flight messages and the final flush get this long
+
+
+class Notifier(Protocol):
+    """Anything that takes alert transitions without blocking (push routes, the console)."""
+
+    def submit(self, transition: Transition) -> None: ...
+
+
+class Gateway:
+    """The whole gateway process; `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sink: Sink | None = None,
+        notifiers: Sequence[Notifier] = (),
+        clock: Callable[[], float] = time.time,
+        health: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.topics = Topics(settings.topic_root)
+        self.fleet = Fleet(settings)
+        self.engine = AlertEngine(clock=clock)
+        self.counters = Counters()
+        self.notifiers = list(notifiers)
+        self.spool = Spool(Path(settings.spool.dir), max_bytes=settings.spool.max_bytes)
+        self.pipeline = IngestPipeline(self.spool, sink or make_sink(settings.influx))
+        self._health_enabled = settings.health.enabled if health is None else health
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(GatewayCollector(self.counters, self._gauges, self._labeled))
+        self.health = HealthServer(
+            settings.health.host, settings.health.port, self._readiness, self.registry
+        )
+        self.status = "offline"
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._reject_log: dict[tuple[str, str], tuple[float, int]] = {}
+        self._spool_full = False
+        # alert lines from timer-driven transitions, stored by their own task
+        self._timer_lines: list[str] = []
+        self._timer_lines_ready = asyncio.Event()
+        broker = settings.broker
+        tls = make_ssl_context(broker.ca_file, broker.cert_file, broker.key_file) if broker.tls else None
+        filters = self.topics.subscriptions(broker.teams)
+        if broker.shared_group and broker.protocol == 5:
+            # §9: data topics are split across the group; acks and state stay per gateway
+            filters = [
+                f"$share/{broker.shared_group}/{f}" if f.endswith("/telemetry") else f
+                for f in filters
+            ]
+        self.mqtt = MqttLink(
+            client_id=settings.client_id,
+            host=broker.host,
+            port=broker.port,
+            protocol=broker.protocol,
+            username=broker.username,
+            password=broker.secret_password(),
+            tls=tls,
+            session_expiry_s=broker.session_expiry_s,
+            keepalive_s=broker.keepalive_s,
+            will=(self.topics.gateway_status(settings.instance), b"offline"),
+            subscriptions=filters,
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            logger=log,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`; then drain in-flight messages and flush, bounded in time."""
+        if self._health_enabled:
+            await self.health.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.pipeline.run(), name="cuffwatch.ingest")
+                for n in self.notifiers:
+                    runner = getattr(n, "run", None)
+                    if runner is not None:
+                        tg.create_task(runner(), name=f"cuffwatch.notify[{type(n).__name__}]")
+                await self.mqtt.connect()
+                tg.create_task(self._tick_loop(), name="cuffwatch.alert_ticker")
+                tg.create_task(self._stats_loop(), name="cuffwatch.stats")
+                tg.create_task(self._timer_store_loop(), name="cuffwatch.timer_store")
+                self.ready.set()
+                await self._stopping.wait()
+                await self._shutdown()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            await asyncio.shield(self.health.stop())
+
+    def stop(self) -> None:
+        """Ask `run()` to drain and return (SIGTERM / Ctrl-C)."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: draining %d in-flight message(s)", self._inflight)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT_S)
+        if self._timer_lines:
+            lines, self._timer_lines = self._timer_lines, []
+            with contextlib.suppress(SpoolFull):
+                await self.pipeline.submit(("\n".join(lines) + "\n").encode(), len(lines))
+        self._set_status("offline")
+        await asyncio.shield(self.mqtt.disconnect())
+        await asyncio.shield(self.pipeline.aclose(DRAIN_TIMEOUT_S))
+        for n in self.notifiers:
+            closer = getattr(n, "aclose", None)
+            if closer is not None:
+                await asyncio.shield(closer())
+        log.info("stopped")
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._set_status("degraded" if self._spool_full else "online")
+
+    def _set_status(self, status: str) -> None:
+        if status == self.status:
+            return
+        self.status = status
+        self.mqtt.publish(
+            self.topics.gateway_status(self.settings.instance), status.encode(), qos=1, retain=True
+        )
+
+    # -- the per-message path ---------------------------------------------------------------
+
+    async def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        """Handle one message; return the MQTT 5 reason code for its PUBACK (always success).
+
+        Never raises: a raising handler would leave the message unacknowledged forever.
+        """
+        self._inflight += 1
+        self._idle.clear()
+        self.counters.received += 1
+        try:
+            await self._dispatch(topic, payload, retain)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("internal error handling a message on %s", topic[:200])
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        return 0
+
+    async def _dispatch(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:
+            parsed = self.topics.parse(topic)
+        except BadTopic as exc:
+            self._count_reject(RejectReason.BAD_TOPIC, "", "", str(exc))
+            return
+        if parsed is None:
+            return
+        kind, team, cuff = parsed.kind, parsed.team, parsed.cuff
+        try:
+            if kind is TopicKind.TELEMETRY:
+                await self._telemetry(team, cuff, payload)
+            elif kind is TopicKind.STATUS:
+                await self._status(team, cuff, payload)
+            elif kind is TopicKind.ASSIGNMENT:
+                self._assignment(team, cuff, payload)
+            elif kind is TopicKind.ACK:
+                await self._ack(team, cuff, parsed.alert_kind or "", payload)
+            elif kind is TopicKind.ALERT and retain and payload:
+                self._restore_alert(team, cuff, payload)
+        except Rejected as rej:
+            self._reject(Rejection(team, cuff, rej.reason, rej.detail, payload))
+
+    async def _telemetry(self, team: str, cuff: str, payload: bytes) -> None:
+        state = self.fleet.lookup(team, cuff)
+        raws = decode_readings(payload)
+        now_s = self.clock()
+        received_ms = int(now_s * 1000)
+        self.counters.readings_received += len(raws)
+        lines: list[str] = []
+        transitions: list[Transition] = []
+        bouts: list[BoutSummary] = []
+        for raw in raws:
+            device_ts = raw.ts_ms()
+            if state.is_duplicate(raw.seq, device_ts):
+                self.counters.duplicates += 1
+                continue
+            reading = self.fleet.to_reading(state, raw, received_ms)
+            params = state.params(self.settings, reading.athlete, reading.limb)
+            outcome = self.engine.on_reading(reading, params)
+            lag = received_ms - device_ts
+            if lag > self.counters.lag_ms_max:
+                self.counters.lag_ms_max = lag
+            state.accepted += 1
+            self.counters.accepted += 1
+            state.last_seen_s = now_s
+            state.phase = CuffPhase.INFLATED if reading.inflated else CuffPhase.DEFLATED
+            state.last_pressure = reading.pressure_mmhg
+            state.last_elapsed_s = reading.elapsed_s
+            if reading.battery_pct is not None:
+                state.battery_pct = reading.battery_pct
+            target = reading.target_mmhg if reading.target_mmhg is not None else params.target_mmhg
+            lines.append(lineproto.telemetry_line(reading, target_mmhg=target))
+            transitions.extend(outcome.transitions)
+            if outcome.bout is not None:
+                bouts.append(outcome.bout)
+        # alerts go out before anything touches the disk: the alert path never waits on storage
+        for t in transitions:
+            self._deliver(t)
+            lines.append(lineproto.alert_line(t))
+        for b in bouts:
+            lines.append(lineproto.bout_line(b))
+        if lines:
+            await self._store(lines)
+
+    async def _store(self, lines: list[str]) -> None:
+        """Make lines durable (spool group commit); hold the message while the spool is full."""
+        body = ("\n".join(lines) + "\n").encode()
+        while True:
+            try:
+                await self.pipeline.submit(body, len(lines))
+                if self._spool_full:
+                    self._spool_full = False
+                    log.warning("spool has room again; accepting messages")
+                    self._set_status("online")
+                return
+            except SpoolFull:
+                if not self._spool_full:
+                    self._spool_full = True
+                    log.error(
+                        "SPOOL FULL (%d bytes, cap %d): holding messages unacknowledged until "
+                        "InfluxDB drains it; the broker keeps them",
+                        self.spool.bytes_used, self.settings.spool.max_bytes,
+                    )
+                    self._set_status("degraded")
+                self.counters.backpressure_waits += 1
+                await asyncio.sleep(SPOOL_FULL_RETRY_S)
+
+    async def _status(self, team: str, cuff: str, payload: bytes) -> None:
+        state = self.fleet.lookup(team, cuff)
+        online = decode_status(payload)
+        state.online = online
+        if not online:
+            state.phase = CuffPhase.OFFLINE
+        transitions = self.engine.on_status(
+            team, cuff, online, athlete=state.athlete, limb=state.limb.value
+        )
+        await self._deliver_and_store(transitions)
+
+    def _assignment(self, team: str, cuff: str, payload: bytes) -> None:
+        state = self.fleet.lookup(team, cuff)
+        if not payload.strip():
+            state.set_assignment(None)
+            log.info("%s/%s: assignment cleared", team, cuff)
+            return
+        try:
+            assignment = Assignment.model_validate_json(payload)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "assignment"
+            raise Rejected(RejectReason.INVALID_ASSIGNMENT, f"{where}: {first['msg']}") from None
+        state.set_assignment(assignment)
+        log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)
+
+    async def _ack(self, team: str, cuff: str, kind_text: str, payload: bytes) -> None:
+        state = self.fleet.lookup(team, cuff)
+        try:
+            kind = AlertKind(kind_text)
+        except ValueError:
+            raise Rejected(RejectReason.INVALID_STATUS, f"no alert kind {kind_text[:64]}") from None
+        by: str | None = None
+        if payload.strip():
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                raise Rejected(RejectReason.INVALID_STATUS, "ack is not valid JSON") from None
+            if isinstance(obj, dict) and isinstance(obj.get("by"), str):
+                by = obj["by"][:64]
+        transitions = self.engine.on_ack(state.team, cuff, kind, by)
+        await self._deliver_and_store(transitions)
+
+    def _restore_alert(self, team: str, cuff: str, payload: bytes) -> None:
+        try:
+            alert = Alert.from_dict(json.loads(payload))
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s/%s: ignoring an unreadable retained alert", team, cuff)
+            return
+        if alert.team == team and alert.cuff == cuff and alert.state is not AlertState.RESOLVED:
+            self.engine.restore(alert)
+
+    # -- alert delivery -------------------------------------------------------------------
+
+    def _deliver(self, t: Transition) -> None:
+        """Publish on MQTT (SPEC §2 alert topics) and hand to the notifiers; never blocks."""
+        a = t.alert
+        topic = self.topics.alert(a.team, a.cuff, a.kind.value)
+        if a.state is AlertState.RESOLVED:
+            self.mqtt.publish(topic, a.to_json(), qos=1, retain=False)
+            self.mqtt.publish(topic, b"", qos=1, retain=True)
+        else:
+            self.mqtt.publish(topic, a.to_json(), qos=1, retain=True)
+        self.counters.alerts_published += 1
+        for n in self.notifiers:
+            try:
+                n.submit(t)
+            except Exception:
+                log.exception("notifier %s failed", type(n).__name__)
+
+    async def _deliver_and_store(self, transitions: Sequence[Transition]) -> None:
+        if not transitions:
+            return
+        for t in transitions:
+            self._deliver(t)
+        await self._store([lineproto.alert_line(t) for t in transitions])
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            transitions = self.engine.tick()
+            now = self.clock()
+            for state in self.fleet.cuffs.values():
+                if state.phase is CuffPhase.INFLATED:
+                    params = state.params(self.settings, state.athlete, state.limb)
+                    if now - state.last_seen_s >= params.stale_after_s:
+                        state.phase = CuffPhase.STALE
+            if transitions:
+                # publish now; storing goes through its own task so that a full spool can
+                # never stall the timers (stale cuffs, escalations) behind it
+                for t in transitions:
+                    self._deliver(t)
+                self._timer_lines.extend(lineproto.alert_line(t) for t in transitions)
+                self._timer_lines_ready.set()
+
+    async def _timer_store_loop(self) -> None:
+        while True:
+            await self._timer_lines_ready.wait()
+            self._timer_lines_ready.clear()
+            lines = list(self._timer_lines)
+            self._timer_lines.clear()
+            if lines:
+                await self._store(lines)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            await self._store([self._stats_line()])
+
+    def _stats_line(self) -> str:
+        c = self.counters
+        p = self.pipeline.stats()
+        line = lineproto.stats_line(
+            self.settings.instance,
+            int(self.clock() * 1000),
+            received=c.received,
+            accepted=c.accepted,
+            rejected=c.rejected,
+            duplicates=c.duplicates,
+            written=int(p.get("written_lines", 0)),
+            spooled=int(p.get("pending_records", 0)),
+            spool_bytes=int(self.spool.bytes_used),
+            alerts_open=len(self.engine.open_alerts()),
+            lag_ms=c.lag_ms_max,
+        )
+        c.lag_ms_max = 0
+        return line
+
+    # -- rejections ---------------------------------------------------------------------------
+
+    def _reject(self, rej: Rejection) -> None:
+        self._count_reject(rej.reason, rej.team, rej.cuff, rej.detail)
+        self.mqtt.publish(self.topics.rejected(rej.team, rej.cuff), rej.to_json(), qos=0)
+
+    def _count_reject(self, reason: RejectReason, team: str, cuff: str, detail: str) -> None:
+        self.counters.rejected += 1
+        self.counters.rejected_by_reason[reason] += 1
+        key = (team, cuff)
+        now = self.clock()
+        last, suppressed = self._reject_log.get(key, (0.0, 0))
+        if now - last >= REJECT_LOG_INTERVAL_S:
+            if len(self._reject_log) >= REJECT_LOG_MAX_KEYS:
+                self._reject_log.clear()
+            more = f" (+{suppressed} more since last logged)" if suppressed else ""
+            log.warning("rejected from %s/%s: %s: %s%s", team or "?", cuff or "?",
+                        reason.value, detail, more)
+            self._reject_log[key] = (now, 0)
+        else:
+            self._reject_log[key] = (last, suppressed + 1)
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def _readiness(self) -> tuple[bool, str]:
+        if not self.mqtt.connected.is_set():
+            return False, "broker: not connected"
+        if self._spool_full:
+            return False, "spool: full"
+        return True, f"ok ({self.status})"
+
+    def _gauges(self) -> dict[str, float]:
+        p = self.pipeline.stats()
+        out = {f"ingest_{k}": float(v) for k, v in p.items() if isinstance(v, int | float)}
+        out.update(
+            spool_bytes=float(self.spool.bytes_used),
+            spool_full=float(self._spool_full),
+            alerts_open=float(len(self.engine.open_alerts())),
+            inflight_messages=float(self._inflight),
+            broker_connected=float(self.mqtt.connected.is_set()),
+        )
+        return out
+
+    def _labeled(self) -> list[tuple[str, dict[str, str], float, str]]:
+        out: list[tuple[str, dict[str, str], float, str]] = []
+        for n in self.notifiers:
+            stats = getattr(n, "stats", None)
+            if stats is None:
+                continue
+            for route, values in stats().items():
+                for key, value in values.items():
+                    if isinstance(value, int | float):
+                        out.append((f"push_{key}", {"route": route}, float(value),
+                                    f"push route {key}"))
+        return out
+
+    def cuff(self, cuff_id: str) -> CuffState:
+        return self.fleet.cuffs[cuff_id]
+
+
+class _Stopped(Exception):
+    """Internal: ends the TaskGroup once the drain is done."""

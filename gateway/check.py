@@ -1,0 +1,116 @@
+"""`cuffwatch check`: the config is valid, and every connection it names answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from gateway.config import Settings
+from gateway.mqtt import MqttError, MqttLink, make_ssl_context
+
+
+def _say(ok: bool, what: str, detail: str) -> str | None:
+    print(f"{'ok  ' if ok else 'FAIL'} {what}: {detail}")
+    return None if ok else f"{what}: {detail}"
+
+
+async def _check_broker(s: Settings, timeout_s: float) -> str | None:
+    b = s.broker
+    try:
+        tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
+    except (OSError, ValueError) as exc:
+        return _say(False, "broker TLS", f"cannot load certificates: {exc}")
+    link = MqttLink(
+        client_id=f"cuffwatch-check-{uuid.uuid4().hex[:8]}", host=b.host, port=b.port,
+        protocol=b.protocol, username=b.username, password=b.secret_password(), tls=tls,
+        clean_start=True,
+    )
+    try:
+        await asyncio.wait_for(link.connect(retry=False), timeout_s)
+    except (MqttError, TimeoutError) as exc:
+        return _say(False, "broker", f"{b.url}: {exc or 'timed out'}")
+    finally:
+        await link.disconnect()
+    return _say(True, "broker", f"{b.url} (MQTT {b.protocol})")
+
+
+async def _check_influx(s: Settings, timeout_s: float) -> str | None:
+    i = s.influx
+    if i.api == "file":
+        return _check_dir("line-protocol store", Path(i.file_dir))
+    headers = {}
+    auth = None
+    if i.api == "v2":
+        token = i.secret_token()
+        if not token:
+            return _say(False, "influx", "api v2 needs a token (CUFFWATCH_INFLUX__TOKEN)")
+        headers["Authorization"] = f"Token {token}"
+        query = {"db": i.bucket, "q": "SHOW MEASUREMENTS LIMIT 1"}
+    else:
+        if i.username:
+            auth = aiohttp.BasicAuth(i.username, i.secret_password() or "")
+        query = {"db": i.database, "q": "SHOW MEASUREMENTS LIMIT 1"}
+    url = i.url.rstrip("/")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+            async with http.get(f"{url}/ping") as resp:
+                if resp.status >= 400:
+                    return _say(False, "influx", f"{url}/ping answered {resp.status}")
+            async with http.get(f"{url}/query", params=query, headers=headers, auth=auth) as resp:
+                body = await resp.text()
+                if resp.status in (401, 403):
+                    return _say(False, "influx", f"{url}: credentials refused ({resp.status})")
+                if resp.status >= 400 or '"error"' in body:
+                    return _say(False, "influx", f"{url}: {resp.status} {body[:200]}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return _say(False, "influx", f"{url}: {exc or 'timed out'}")
+    target = i.bucket if i.api == "v2" else i.database
+    return _say(True, "influx", f"{url} ({i.api}, {target})")
+
+
+def _check_dir(what: str, path: Path) -> str | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path) as fh:
+            fh.write(b"x")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return _say(False, what, f"{path}: not writable ({exc.strerror or exc})")
+    return _say(True, what, f"{path} writable")
+
+
+def _check_routes(s: Settings) -> list[str | None]:
+    import apprise
+
+    out: list[str | None] = []
+    for team_id, team in s.teams.items():
+        for n, route in enumerate(team.routes):
+            label = f"route {team_id}/{n}"
+            try:
+                url = route.secret_url()
+            except OSError as exc:
+                out.append(_say(False, label, f"url_file unreadable: {exc}"))
+                continue
+            scheme = url.split("://", 1)[0]
+            ok = apprise.Apprise().add(url)
+            out.append(_say(ok, label, f"{scheme}:// {'understood' if ok else 'not a valid Apprise URL'}"))
+    return out
+
+
+async def run_checks(settings: Settings, *, timeout_s: float = 5.0) -> list[str]:
+    """Print one line per check; return the problems (empty = all good)."""
+    results = [_say(True, "config", f"{len(settings.teams)} team(s), "
+                    f"{sum(len(t.cuffs) for t in settings.teams.values())} cuff(s)")]
+    results.append(_check_dir("spool", Path(settings.spool.dir)))
+    broker, influx = await asyncio.gather(
+        _check_broker(settings, timeout_s), _check_influx(settings, timeout_s)
+    )
+    results += [broker, influx]
+    results += _check_routes(settings)
+    return [r for r in results if r is not None]

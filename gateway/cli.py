@@ -1,0 +1,286 @@
+"""`cuffwatch` command line (SPEC §8): run, demo, simulate, assign, ack, dashboards, query, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("cuffwatch")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for noisy in ("gmqtt", "amqtt", "transitions", "apprise", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"config: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from alerts.push import PushDispatcher, routes_from_settings
+    from gateway.app import Gateway
+
+    settings = _settings(args)
+
+    async def main() -> None:
+        push = PushDispatcher(routes_from_settings(settings))
+        gw = Gateway(settings, notifiers=[push])
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gw.stop)
+        await gw.run()
+
+    asyncio.run(main())
+    return 0
+
+
+# -- assign / ack ---------------------------------------------------------------------------------
+
+
+async def _publish_once(settings: Settings, topic: str, payload: bytes, *, retain: bool) -> None:
+    import uuid
+
+    from gateway.mqtt import MqttLink, make_ssl_context
+
+    b = settings.broker
+    tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
+    link = MqttLink(
+        client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}", host=b.host, port=b.port,
+        protocol=b.protocol, username=b.username, password=b.secret_password(), tls=tls,
+        clean_start=True, session_expiry_s=0,
+    )
+    await link.connect(retry=False)
+    link.publish(topic, payload, qos=1, retain=retain)
+    await asyncio.sleep(0.2)  # let the QoS 1 publish leave before the DISCONNECT
+    await link.disconnect()
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from gateway.config import Assignment
+    from gateway.topics import Topics
+
+    settings = _settings(args)
+    topic = Topics(settings.topic_root).assignment(args.team, args.cuff)
+    if args.clear:
+        payload = b""
+    else:
+        fields = {
+            "athlete": args.athlete, "limb": args.limb, "protocol": args.protocol,
+            "lop_mmhg": args.lop, "target_pct_lop": args.target_pct, "target_mmhg": args.target,
+            "max_bout_s": args.max_bout_s,
+        }
+        assignment = Assignment.model_validate({k: v for k, v in fields.items() if v is not None})
+        payload = assignment.model_dump_json(exclude_none=True).encode()
+    asyncio.run(_publish_once(settings, topic, payload, retain=True))
+    print(f"{'cleared' if args.clear else 'assigned'}: {topic}")
+    return 0
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    from gateway.topics import Topics
+
+    settings = _settings(args)
+    topic = Topics(settings.topic_root).ack(args.team, args.cuff, args.kind)
+    payload = json.dumps({"by": args.by}).encode() if args.by else b""
+    asyncio.run(_publish_once(settings, topic, payload, retain=False))
+    print(f"acknowledged: {topic}")
+    return 0
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.check import run_checks
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"FAIL config: {line}")
+        return 1
+    problems = asyncio.run(run_checks(settings, timeout_s=args.timeout))
+    return 1 if problems else 0
+
+
+# -- demo / simulate ---------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway import simulate
+
+    settings = load_settings(args.config) if args.config else Settings()
+    options = simulate.options_from_args(args, settings)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await simulate.run_simulation(options)
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
+    return 0
+
+
+# -- dashboards / query / broker-auth -----------------------------------------------------------------
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from dashboards import build, push
+
+    settings = _settings(args)
+    if args.action == "build":
+        return build.build_command(settings, Path(args.out))
+    return push.push_command(settings, Path(args.out) if args.out else None, args.url, args.token)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from ingest.query import query_command
+
+    settings = _settings(args)
+    return query_command(
+        settings, args.kind, args.team, args.athlete, args.since, args.start, args.end,
+        args.format, args.out,
+    )
+
+
+def cmd_broker_auth(args: argparse.Namespace) -> int:
+    from gateway import brokerauth
+
+    return brokerauth.run_command(args, _settings(args))
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cuffwatch",
+        description="Telemetry and safety alerts for blood-flow-restriction cuffs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("-c", "--config", metavar="FILE", help="cuffwatch.toml (default: none; "
+                       "every key also from CUFFWATCH_… environment variables)")
+        return p
+
+    p = add("run", "run the gateway")
+    p.set_defaults(func=cmd_run)
+
+    p = add("demo", "everything on embedded defaults: broker, simulated squad, gateway, live table")
+    p.add_argument("--cuffs", type=int, default=8, help="simulated cuffs (default 8)")
+    p.add_argument("--speed", type=float, default=10.0,
+                   help="session time compression (default 10x, so bouts end within minutes)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--data-dir", default=None, help="where the demo keeps spool and line files")
+    p.add_argument("--no-faults", action="store_true", help="a squad without injected faults")
+    p.add_argument("--port", type=int, default=0, help="embedded broker port (default: free)")
+    p.set_defaults(func=cmd_demo)
+
+    p = add("simulate", "a virtual squad of cuffs against any broker")
+    from gateway import simulate
+
+    simulate.add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = add("assign", "assign a cuff to an athlete and limb (retained)")
+    p.add_argument("--team", required=True)
+    p.add_argument("--cuff", required=True)
+    p.add_argument("--athlete")
+    p.add_argument("--limb", choices=["left_arm", "right_arm", "left_leg", "right_leg"])
+    p.add_argument("--protocol", choices=["bfr", "ipc"])
+    p.add_argument("--lop", type=float, help="limb occlusion pressure, mmHg")
+    p.add_argument("--target-pct", type=float, help="target, % of LOP")
+    p.add_argument("--target", type=float, help="target, mmHg")
+    p.add_argument("--max-bout-s", type=float)
+    p.add_argument("--clear", action="store_true", help="clear the assignment")
+    p.set_defaults(func=cmd_assign)
+
+    p = add("ack", "acknowledge an open alert")
+    p.add_argument("--team", required=True)
+    p.add_argument("--cuff", required=True)
+    p.add_argument("--kind", required=True, help="alert kind, e.g. over_pressure")
+    p.add_argument("--by", help="who acknowledges")
+    p.set_defaults(func=cmd_ack)
+
+    p = add("dashboards", "Grafana dashboards as code")
+    p.add_argument("action", choices=["build", "push"])
+    p.add_argument("--out", default=None, help="output dir (build; default dashboards/generated)")
+    p.add_argument("--url", default=None, help="Grafana URL (push; or GRAFANA_URL)")
+    p.add_argument("--token", default=None,
+                   help="service-account token (push; better: GRAFANA_TOKEN in the environment)")
+    p.set_defaults(func=cmd_dashboards)
+
+    p = add("query", "query stored bouts, telemetry or alerts")
+    p.add_argument("kind", choices=["bouts", "telemetry", "alerts"])
+    p.add_argument("--team", required=True)
+    p.add_argument("--athlete")
+    p.add_argument("--since", default=None, help="e.g. 7d, 24h, 30m (default 7d)")
+    p.add_argument("--from", dest="start", help="RFC 3339 start")
+    p.add_argument("--to", dest="end", help="RFC 3339 end")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
+    p.add_argument("--out", help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_query)
+
+    p = add("check", "validate the config and try every connection")
+    p.add_argument("--timeout", type=float, default=5.0, help="per connection, seconds")
+    p.set_defaults(func=cmd_check)
+
+    p = add("broker-auth", "write Mosquitto password and ACL files from the roster")
+    from gateway import brokerauth
+
+    brokerauth.add_arguments(p)
+    p.set_defaults(func=cmd_broker_auth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""MQTT topic names (SPEC §2): building them and parsing what arrives."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class TopicKind(enum.Enum):
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    ASSIGNMENT = "assignment"
+    ALERT = "alert"  # a (retained) alert of ours, read back at start-up
+    ACK = "ack"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: TopicKind
+    team: str
+    cuff: str
+    alert_kind: str | None = None
+
+
+class BadTopic(ValueError):
+    """A topic under our root that does not name a valid team and cuff."""
+
+
+class Topics:
+    """Topic names under one root; `parse` is on the hot path and allocates little."""
+
+    __slots__ = ("_prefix", "root")
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._prefix = root + "/"
+
+    def telemetry(self, team: str, cuff: str) -> str:
+        return f"{self.root}/{team}/cuffs/{cuff}/telemetry"
+
+    def status(self, team: str, cuff: str) -> str:
+        return f"{self.root}/{team}/cuffs/{cuff}/status"
+
+    def assignment(self, team: str, cuff: str) -> str:
+        return f"{self.root}/{team}/cuffs/{cuff}/assignment"
+
+    def rejected(self, team: str, cuff: str) -> str:
+        return f"{self.root}/{team}/cuffs/{cuff}/rejected"
+
+    def alert(self, team: str, cuff: str, kind: str) -> str:
+        return f"{self.root}/{team}/alerts/{cuff}/{kind}"
+
+    def ack(self, team: str, cuff: str, kind: str) -> str:
+        return f"{self.root}/{team}/alerts/{cuff}/{kind}/ack"
+
+    def gateway_status(self, instance: str) -> str:
+        return f"{self.root}/_gateway/{instance}/status"
+
+    def subscriptions(self, teams: tuple[str, ...] = ()) -> list[str]:
+        """Filters the gateway subscribes to: every team, or only `teams` (partitioning)."""
+        scopes = list(teams) or ["+"]
+        out = []
+        for team in scopes:
+            base = f"{self.root}/{team}"
+            out += [
+                f"{base}/cuffs/+/telemetry",
+                f"{base}/cuffs/+/status",
+                f"{base}/cuffs/+/assignment",
+                f"{base}/alerts/+/+/ack",
+                f"{base}/alerts/+/+",
+            ]
+        return out
+
+    def parse(self, topic: str) -> ParsedTopic | None:
+        """Classify a topic; None if it is not one we consume; BadTopic if ids are invalid."""
+        if not topic.startswith(self._prefix):
+            return None
+        parts = topic[len(self._prefix) :].split("/")
+        n = len(parts)
+        if n == 4 and parts[1] == "cuffs":
+            try:
+                kind = _CUFF_KINDS[parts[3]]
+            except KeyError:
+                return None
+            return ParsedTopic(kind, _check_id(parts[0]), _check_id(parts[2]))
+        if parts[0] == "_gateway":
+            return None
+        if n == 4 and parts[1] == "alerts":
+            return ParsedTopic(TopicKind.ALERT, _check_id(parts[0]), _check_id(parts[2]), parts[3])
+        if n == 5 and parts[1] == "alerts" and parts[4] == "ack":
+            return ParsedTopic(TopicKind.ACK, _check_id(parts[0]), _check_id(parts[2]), parts[3])
+        return None
+
+
+_CUFF_KINDS = {
+    "telemetry": TopicKind.TELEMETRY,
+    "status": TopicKind.STATUS,
+    "assignment": TopicKind.ASSIGNMENT,
+}
+
+
+def _check_id(value: str) -> str:
+    if _ID_RE.fullmatch(value) is None:
+        raise BadTopic(f"invalid id {value[:80]!r} in topic")
+    return value
+
+
+def valid_id(value: str) -> bool:
+    return _ID_RE.fullmatch(value) is not None
