@@ -78,7 +78,7 @@ class Gateway:
         self.spool = Spool(Path(settings.spool.dir), max_bytes=settings.spool.max_bytes)
         self.pipeline = IngestPipeline(self.spool, sink or make_sink(settings.influx))
         self._health_enabled = settings.health.enabled if health is None else health
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # no auto_describe: collectors run only when scraped
         self.registry.register(GatewayCollector(self.counters, self._gauges, self._labeled))
         self.health = HealthServer(
             settings.health.host, settings.health.port, self._readiness, self.registry

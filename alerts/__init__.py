@@ -1,0 +1,1 @@
+"""cuffwatch: alerts stage."""

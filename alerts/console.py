@@ -1,0 +1,67 @@
+"""The demo's notifier: one coloured line per alert transition on the terminal."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from rich.console import Console
+from rich.text import Text
+
+from alerts.model import AlertState, Change, Transition
+from gateway.model import Severity
+
+__all__ = ["ConsoleNotifier", "format_transition"]
+
+log = logging.getLogger(__name__)
+
+_SEVERITY_STYLE = {
+    Severity.CRITICAL: "bold white on red",
+    Severity.WARNING: "bold yellow",
+    Severity.INFO: "cyan",
+}
+_RESOLVED_STYLE = "bold green"
+_QUIET_CHANGES = frozenset({Change.ACKNOWLEDGED, Change.RESOLVED})
+
+
+def format_transition(transition: Transition) -> Text:
+    """`10:02:03 CRITICAL raised over_pressure t1/c7 a-17 left_leg — message`, styled."""
+    a = transition.alert
+    clock = datetime.fromtimestamp(a.updated_at_ms / 1000.0).strftime("%H:%M:%S")
+    resolved = a.state is AlertState.RESOLVED
+    line = Text(no_wrap=False)
+    line.append(f"{clock} ", style="dim")
+    line.append(
+        f"{'RESOLVED' if resolved else a.severity.name:<8}",
+        style=_RESOLVED_STYLE if resolved else _SEVERITY_STYLE[a.severity],
+    )
+    change = transition.change.value
+    if transition.escalation:
+        change += " ↑escalated"
+    line.append(f" {change:<12} ", style="bold" if transition.change not in _QUIET_CHANGES else "")
+    line.append(f"{a.kind.value} ", style="bold")
+    line.append(f"{a.team}/{a.cuff} ")
+    who = " ".join(p for p in (a.athlete, a.limb) if p)
+    if who:
+        line.append(f"{who} ")
+    if a.message:
+        line.append(f"— {a.message}")
+    if a.acknowledged_by:
+        line.append(f" (ack: {a.acknowledged_by})", style="italic")
+    if not transition.push:
+        line.append(" [not pushed]", style="dim")
+    return line
+
+
+class ConsoleNotifier:
+    """Prints each transition as one coloured line; `submit()` never raises."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
+
+    def submit(self, transition: Transition) -> None:
+        """Print the transition's line (every transition, pushed or not)."""
+        try:
+            self.console.print(format_transition(transition), highlight=False)
+        except Exception:  # a broken terminal must not break the alert path
+            log.exception("console notifier could not print a transition")

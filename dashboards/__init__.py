@@ -1,0 +1,1 @@
+"""Grafana dashboards as code (SPEC §5): `build` writes them, `push` upserts them."""

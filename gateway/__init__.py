@@ -1,0 +1,1 @@
+"""cuffwatch: gateway stage."""
