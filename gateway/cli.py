@@ -166,7 +166,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.action == "build":
-        return build.build_command(settings, Path(args.out))
+        return build.build_command(settings, Path(args.out or "dashboards/generated"))
     return push.push_command(settings, Path(args.out) if args.out else None, args.url, args.token)
 
 
