@@ -1,0 +1,134 @@
+"""Device-time windows the rules judge by: rolling means and the 60 min occlusion window.
+
+Both are amortised O(1) per reading: running sums over deques, evicted from the left.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# A device whose clock is stuck never ages samples out; this many samples bounds the deque
+# anyway (a 5 s window at 100 Hz, four times over).
+MAX_WINDOW_SAMPLES = 2048
+# Running sums drift by float rounding; re-add the window from scratch this often
+# (amortised O(1), and it keeps the error far below a tenth of a mmHg forever).
+RESUM_EVERY = 4096
+
+
+class RollingMean:
+    """Mean of the samples in the last `window_ms` of device time, counted once they span it."""
+
+    __slots__ = ("_adds", "_anchor_ms", "_last_ms", "_sum", "_ts", "_values", "window_ms")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_ms = round(window_s * 1000)
+        self._ts: deque[int] = deque()
+        self._values: deque[float] = deque()
+        self._sum = 0.0
+        self._anchor_ms: int | None = None  # first sample of the current unbroken run
+        self._last_ms: int | None = None
+        self._adds = 0
+
+    def reset(self) -> None:
+        """Forget every sample: the mean waits for a whole window again."""
+        self._ts.clear()
+        self._values.clear()
+        self._sum = 0.0
+        self._anchor_ms = None
+        self._last_ms = None
+
+    def add(self, ts_ms: int, value: float) -> None:
+        """Add a sample; `ts_ms` must not go backwards (callers clamp it)."""
+        last = self._last_ms
+        if last is not None and ts_ms - last > self.window_ms:
+            self.reset()  # a gap longer than the window: start over
+        if self._anchor_ms is None:
+            self._anchor_ms = ts_ms
+        self._last_ms = ts_ms
+        self._ts.append(ts_ms)
+        self._values.append(value)
+        self._sum += value
+        horizon = ts_ms - self.window_ms
+        ts, values = self._ts, self._values
+        while ts[0] < horizon or len(ts) > MAX_WINDOW_SAMPLES:
+            ts.popleft()
+            self._sum -= values.popleft()
+        self._adds += 1
+        if self._adds >= RESUM_EVERY:
+            self._adds = 0
+            self._sum = sum(values)
+
+    @property
+    def spans(self) -> bool:
+        """True once the unbroken run of samples covers the whole window."""
+        anchor, last = self._anchor_ms, self._last_ms
+        return anchor is not None and last is not None and last - anchor >= self.window_ms
+
+    def mean(self) -> float | None:
+        """The mean over the window, or None while the samples do not span it yet."""
+        if not self.spans:
+            return None
+        return self._sum / len(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class OcclusionWindow:
+    """Bouts by device time: occluded time and bout starts within a trailing window."""
+
+    __slots__ = ("_closed", "_closed_ms", "_floor_ms", "_open_start_ms", "_starts", "window_ms")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_ms = round(window_s * 1000)
+        self._closed: deque[tuple[int, int]] = deque()  # finished bouts (start, end), in order
+        self._closed_ms = 0  # sum of their whole durations
+        self._starts: deque[int] = deque()  # every bout start, the open bout's included
+        self._open_start_ms: int | None = None
+        self._floor_ms: int | None = None  # the last end: bouts never overlap
+
+    def start(self, start_ms: int) -> None:
+        """A bout began at `start_ms`, clamped to the last end (call `end` first)."""
+        if self._floor_ms is not None and start_ms < self._floor_ms:
+            start_ms = self._floor_ms
+        self._open_start_ms = start_ms
+        self._starts.append(start_ms)
+
+    def end(self, end_ms: int) -> None:
+        """The open bout ended at `end_ms`; no-op without an open bout."""
+        start = self._open_start_ms
+        if start is None:
+            return
+        self._open_start_ms = None
+        end_ms = max(end_ms, start)
+        self._closed.append((start, end_ms))
+        self._closed_ms += end_ms - start
+        self._floor_ms = end_ms
+
+    def _prune(self, horizon_ms: int) -> None:
+        closed = self._closed
+        while closed and closed[0][1] <= horizon_ms:
+            start, end = closed.popleft()
+            self._closed_ms -= end - start
+        starts = self._starts
+        while starts and starts[0] < horizon_ms:
+            starts.popleft()
+
+    def occluded_ms(self, now_ms: int, open_until_ms: int) -> int:
+        """Occluded time in (now − window, now]; the open bout counts until `open_until_ms`."""
+        horizon = now_ms - self.window_ms
+        self._prune(horizon)
+        total = self._closed_ms
+        if self._closed:
+            first_start = self._closed[0][0]
+            if first_start < horizon:  # only the oldest bout can straddle the horizon
+                total -= horizon - first_start
+        start = self._open_start_ms
+        if start is not None:
+            total += max(0, min(open_until_ms, now_ms) - max(start, horizon))
+        return total
+
+    def starts_within(self, now_ms: int) -> int:
+        """How many bouts started in [now − window, now]."""
+        self._prune(now_ms - self.window_ms)
+        return len(self._starts)
