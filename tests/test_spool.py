@@ -1,0 +1,322 @@
+"""The write-ahead spool: records, segments, the written mark, crash recovery, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.spool import (
+    HEADER_BYTES,
+    MARK_FILE,
+    GroupCommitter,
+    Spool,
+    SpoolError,
+    SpoolFull,
+)
+
+
+def payloads(n: int, size: int = 50) -> list[bytes]:
+    return [f"r{i:05d}:".encode().ljust(size, b"x") for i in range(n)]
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+def test_append_then_read_everything_in_order(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        data = payloads(10)
+        positions = [spool.append(p) for p in data]
+        assert positions == sorted(set(positions))
+        assert positions[0] == HEADER_BYTES + 50
+        assert spool.read(0, 1 << 20) == list(zip(positions, data, strict=True))
+        assert spool.read(positions[3], 1 << 20) == list(zip(positions[4:], data[4:], strict=True))
+        assert spool.read(positions[-1], 1 << 20) == []
+        assert spool.records_pending == 10
+        assert spool.pending_bytes == spool.bytes_used == 10 * (HEADER_BYTES + 50)
+
+
+def test_read_is_bounded_by_max_bytes_but_always_returns_a_record(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        for p in payloads(10, size=100):
+            spool.append(p)
+        assert len(spool.read(0, 250)) == 2
+        assert len(spool.read(0, 1)) == 1
+
+
+def test_segments_rotate_and_reads_cross_them(tmp_path: Path) -> None:
+    record = HEADER_BYTES + 50
+    with Spool(tmp_path, segment_bytes=3 * record) as spool:
+        data = payloads(10)
+        for p in data:
+            spool.append(p)
+        assert len(segment_files(tmp_path)) == 4  # 3 + 3 + 3 + 1
+        assert [p for _, p in spool.read(0, 1 << 20)] == data
+        assert spool.stats()["segments"] == 4
+
+
+def test_mark_written_frees_whole_segments_and_persists(tmp_path: Path) -> None:
+    record = HEADER_BYTES + 50
+    data = payloads(10)
+    with Spool(tmp_path, segment_bytes=3 * record) as spool:
+        positions = [spool.append(p) for p in data]
+        spool.mark_written(positions[4])  # first segment fully written, second half written
+        assert len(segment_files(tmp_path)) == 3
+        assert spool.written_position == positions[4]
+        assert spool.records_pending == 5
+        assert spool.pending_bytes == 5 * record
+        assert spool.bytes_used == 7 * record
+        spool.mark_written(positions[2])  # going back is a no-op
+        assert spool.written_position == positions[4]
+    with Spool(tmp_path, segment_bytes=3 * record) as spool:
+        assert spool.written_position == positions[4]
+        assert spool.records_pending == 5
+        assert [p for _, p in spool.read(spool.written_position, 1 << 20)] == data[5:]
+
+
+def test_a_fully_written_spool_keeps_positions_growing(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        last = 0
+        for p in payloads(3):
+            last = spool.append(p)
+        spool.mark_written(last)
+        assert segment_files(tmp_path) == []
+        assert spool.bytes_used == 0
+        assert not spool.has_records_after(0)
+    with Spool(tmp_path) as spool:
+        assert spool.end_position == last
+        nxt = spool.append(b"next")
+        assert nxt == last + HEADER_BYTES + 4
+        assert spool.read(last, 100) == [(nxt, b"next")]
+        assert spool.records_pending == 1
+
+
+def test_mark_beyond_the_end_or_off_a_boundary_is_refused(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        a = spool.append(b"a" * 10)
+        b = spool.append(b"b" * 10)
+        with pytest.raises(ValueError, match="beyond"):
+            spool.mark_written(b + 1)
+        with pytest.raises(ValueError, match="boundary"):
+            spool.mark_written(a + 3)
+
+
+def test_spool_full_is_raised_and_cleared_when_space_is_freed(tmp_path: Path) -> None:
+    record = HEADER_BYTES + 50
+    with Spool(tmp_path, max_bytes=4 * record, segment_bytes=2 * record) as spool:
+        positions = [spool.append(p) for p in payloads(4)]
+        with pytest.raises(SpoolFull) as info:
+            spool.append(b"y" * 50)
+        assert info.value.used == 4 * record
+        assert spool.full
+        assert spool.stats()["full_rejections"] == 1
+        spool.mark_written(positions[1])  # frees the first segment
+        assert spool.stats()["full"] == 0
+        spool.append(b"y" * 50)
+        assert spool.records_pending == 3
+
+
+def test_the_directory_is_locked_while_open(tmp_path: Path) -> None:
+    with Spool(tmp_path), pytest.raises(SpoolError, match="in use"):
+        Spool(tmp_path)
+    Spool(tmp_path).close()  # free again once closed
+
+
+def test_oversized_record_is_a_caller_error(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool, pytest.raises(ValueError, match="exceeds"):
+        spool.append(bytes(17 << 20))
+
+
+# -- crash recovery -------------------------------------------------------------------------
+
+
+def _last_segment(directory: Path) -> Path:
+    return segment_files(directory)[-1]
+
+
+@pytest.mark.parametrize(
+    ("damage", "cut"),
+    [
+        ("torn header", lambda f, size: f.truncate(size - 50 - 5)),
+        ("torn payload", lambda f, size: f.truncate(size - 7)),
+        ("bad crc", lambda f, size: (f.seek(size - 1), f.write(b"!"))),
+        ("garbage", lambda f, size: (f.seek(size), f.write(b"\x00garbage after the tail"))),
+        ("impossible length", lambda f, size: (f.seek(size), f.write(b"CWS1" + bytes([255] * 16)))),
+    ],
+)
+def test_a_damaged_tail_is_cut_counted_and_appends_continue(
+    tmp_path: Path, damage: str, cut: object
+) -> None:
+    data = payloads(5)
+    with Spool(tmp_path) as spool:
+        for p in data:
+            spool.append(p)
+    path = _last_segment(tmp_path)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        cut(f, size)  # type: ignore[operator]
+    with Spool(tmp_path) as spool:
+        survivors = data if damage in ("garbage", "impossible length") else data[:4]
+        assert [p for _, p in spool.read(0, 1 << 20)] == survivors, damage
+        assert spool.corrupt_records == 1
+        assert spool.truncated_bytes > 0
+        assert path.stat().st_size == len(survivors) * (HEADER_BYTES + 50)
+        position = spool.append(b"after")
+        assert spool.read(0, 1 << 20)[-1] == (position, b"after")
+        assert spool.records_pending == len(survivors) + 1
+    with Spool(tmp_path) as spool:
+        assert spool.corrupt_records == 0  # the cut was clean
+        assert [p for _, p in spool.read(0, 1 << 20)] == [*survivors, b"after"]
+
+
+def test_a_corrupt_middle_segment_loses_only_its_tail(tmp_path: Path) -> None:
+    record = HEADER_BYTES + 50
+    data = payloads(9)
+    with Spool(tmp_path, segment_bytes=3 * record) as spool:
+        for p in data:
+            spool.append(p)
+    middle = segment_files(tmp_path)[1]
+    with middle.open("r+b") as f:
+        f.seek(record + HEADER_BYTES + 3)  # inside the 5th record's payload
+        f.write(b"#")
+    with Spool(tmp_path, segment_bytes=3 * record) as spool:
+        assert [p for _, p in spool.read(0, 1 << 20)] == data[:4] + data[6:]
+        assert spool.corrupt_records == 1
+        assert spool.records_pending == 7
+
+
+def test_a_malformed_mark_replays_everything(tmp_path: Path) -> None:
+    data = payloads(3)
+    with Spool(tmp_path) as spool:
+        positions = [spool.append(p) for p in data]
+        spool.mark_written(positions[0])
+    (tmp_path / MARK_FILE).write_text("nonsense")
+    with Spool(tmp_path) as spool:
+        assert spool.records_pending == 3
+        assert [p for _, p in spool.read(spool.written_position, 1 << 20)] == data
+
+
+def test_a_mark_inside_a_record_rounds_down_to_its_start(tmp_path: Path) -> None:
+    data = payloads(3)
+    with Spool(tmp_path) as spool:
+        positions = [spool.append(p) for p in data]
+    (tmp_path / MARK_FILE).write_text(f"cuffwatch-spool-mark 1 {positions[1] - 10} 2\n")
+    with Spool(tmp_path) as spool:
+        assert spool.written_position == positions[0]
+        assert [p for _, p in spool.read(spool.written_position, 1 << 20)] == data[1:]
+
+
+CRASHER = textwrap.dedent(
+    """
+    import os, sys
+    from ingest.spool import Spool
+    spool = Spool(sys.argv[1], segment_bytes=int(sys.argv[3]))
+    for i in range(int(sys.argv[2])):
+        spool.append(f"line {i}".encode())
+    if sys.argv[4] == "torn":
+        fd = os.open(sorted(p for p in os.listdir(sys.argv[1]) if p.endswith(".seg"))[-1],
+                     os.O_WRONLY | os.O_APPEND, dir_fd=os.open(sys.argv[1], os.O_RDONLY))
+        os.write(fd, b"CWS1\\x10\\x00")  # half a header, as a crash in mid-write leaves it
+    os._exit(9)  # like kill -9: no close, no sync, no flush of anything
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["clean", "torn"])
+def test_records_survive_a_killed_process(tmp_path: Path, ending: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", CRASHER, str(tmp_path), "500", "4096", ending],
+        check=False,
+        cwd=Path(__file__).parent.parent,
+    )
+    with Spool(tmp_path, segment_bytes=4096) as spool:
+        records = spool.read(0, 1 << 20)
+        assert [p for _, p in records] == [f"line {i}".encode() for i in range(500)]
+        assert spool.corrupt_records == (1 if ending == "torn" else 0)
+        assert spool.records_pending == 500
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=40),
+    segment_bytes=st.integers(64, 2000),
+    marks=st.lists(st.integers(0, 39), max_size=5),
+)
+def test_any_sequence_of_appends_and_marks_reads_back_consistently(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], segment_bytes: int, marks: list[int]
+) -> None:
+    directory = tmp_path_factory.mktemp("spool")
+    data = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    with Spool(directory, segment_bytes=segment_bytes) as spool:
+        positions = [spool.append(p) for p in data]
+        written = 0
+        for m in sorted(marks):
+            if m < len(positions):
+                spool.mark_written(positions[m])
+                written = max(written, m + 1)
+        assert spool.records_pending == len(data) - written
+        expected = list(zip(positions[written:], data[written:], strict=True))
+        assert spool.read(spool.written_position, 1 << 30) == expected
+    with Spool(directory, segment_bytes=segment_bytes) as spool:
+        assert spool.records_pending == len(data) - written
+        assert spool.read(spool.written_position, 1 << 30) == expected
+        assert spool.bytes_used == sum(os.path.getsize(p) for p in segment_files(directory))
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        committer = GroupCommitter(spool)
+        positions = await asyncio.gather(*(committer.append(p) for p in payloads(200)))
+        assert sorted(positions) == positions
+        assert spool.synced_position == spool.end_position == positions[-1]
+        # the first append's sync may start before the others append: at most one more
+        assert 1 <= committer.syncs <= 2
+
+
+async def test_group_commit_refuses_at_once_when_full(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=HEADER_BYTES + 100) as spool:
+        committer = GroupCommitter(spool)
+        await committer.append(b"x" * 100)
+        with pytest.raises(SpoolFull):
+            await committer.append(b"y")
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_sync(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        committer = GroupCommitter(spool)
+        first = asyncio.create_task(committer.append(b"first"), name="test.first")
+        second = asyncio.create_task(committer.append(b"second"), name="test.second")
+        await asyncio.sleep(0)  # both appended, both waiting on the one sync
+        first.cancel()
+        position = await second
+        assert spool.synced_position >= position
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert [p for _, p in spool.read(0, 100)] == [b"first", b"second"]
+
+
+
+async def test_an_appender_that_finds_a_finished_sync_starts_the_next(tmp_path: Path) -> None:
+    """A task can run after a sync future is done but before its done-callback cleared it.
+
+    (Seen under load: the task spun on the finished future forever, never yielding.)
+    """
+    with Spool(tmp_path) as spool:
+        committer = GroupCommitter(spool)
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        finished.set_result(None)
+        committer._sync = finished  # the state that window leaves behind
+        position = await committer.append(b"late")
+        assert spool.synced_position >= position
+        assert committer.syncs == 1
