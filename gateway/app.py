@@ -38,7 +38,7 @@ from gateway.topics import BadTopic, Topics, TopicKind
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline
 from ingest.sinks import Sink, make_sink
-from ingest.spool import Spool, SpoolFull
+from ingest.spool import Spool, SpoolError, SpoolFull
 
 log = logging.getLogger("cuffwatch.gateway")
 
@@ -145,6 +145,7 @@ class Gateway:
             pass
         finally:
             await asyncio.shield(self.health.stop())
+            self.spool.close()  # releases the spool's lock for the next process
 
     def stop(self) -> None:
         """Ask `run()` to drain and return (SIGTERM / Ctrl-C)."""
@@ -273,9 +274,18 @@ class Gateway:
                 if self._spool_full:
                     self._spool_full = False
                     log.warning("spool has room again; accepting messages")
+                if self.status == "degraded":
                     self._set_status("online")
                 return
-            except SpoolFull:
+            except SpoolError as exc:
+                if not isinstance(exc, SpoolFull):
+                    # an fsync failed or the disk is gone: never acknowledge what is not
+                    # durable; hold the message and try again
+                    self.counters.internal_errors += 1
+                    log.error("spool write failed (%s); holding the message", exc)
+                    self._set_status("degraded")
+                    await asyncio.sleep(SPOOL_FULL_RETRY_S)
+                    continue
                 if not self._spool_full:
                     self._spool_full = True
                     log.error(

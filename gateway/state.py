@@ -31,6 +31,7 @@ class CuffState:
     last_elapsed_s: float = 0.0
     battery_pct: float | None = None
     accepted: int = 0
+    last_ts_ms: int = 0  # the last timestamp stored for this cuff
     _params: dict[tuple[str, Limb], RuleParams] = field(default_factory=dict)
     _seen: set[tuple[int, int]] = field(default_factory=set)
     _order: deque[tuple[int, int]] = field(default_factory=deque)
@@ -106,7 +107,10 @@ class Fleet:
         skew: float | None = None
         if ts - received_ms > self._max_ahead_ms or received_ms - ts > self._max_behind_ms:
             skew = (ts - received_ms) / 1000.0
-            ts = received_ms
+            # receive time instead; kept unique per cuff so that the readings of one array
+            # do not overwrite each other in InfluxDB (same series, same timestamp)
+            ts = max(received_ms, state.last_ts_ms + 1)
+        state.last_ts_ms = ts
         return Reading(
             team=state.team,
             cuff=state.cuff,

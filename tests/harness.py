@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -12,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
@@ -87,7 +91,7 @@ class MqttProbe:
 def gateway_settings(
     *, broker_url: str, topic_root: str, spool_dir: Path, teams: dict[str, Any],
     influx: dict[str, Any] | None = None, protocol: int = 5, instance: str | None = None,
-    alerts: dict[str, Any] | None = None, **extra: Any,
+    alerts: dict[str, Any] | None = None, health: dict[str, Any] | None = None, **extra: Any,
 ) -> Settings:
     """Settings for a test gateway: health on a free port, its own spool and client id."""
     return load_settings(
@@ -96,7 +100,7 @@ def gateway_settings(
         broker={"url": broker_url, "protocol": protocol, "username": "gateway"},
         influx=influx or {"api": "file", "file_dir": str(spool_dir / "lines")},
         spool={"dir": str(spool_dir), "max_bytes": 64 << 20},
-        health={"host": "127.0.0.1", "port": 0},
+        health=health or {"host": "127.0.0.1", "port": 0},
         alerts=alerts or {},
         teams=teams,
         **extra,
@@ -117,3 +121,112 @@ async def running_gateway(settings: Settings, **kwargs: Any) -> AsyncIterator[Ga
     finally:
         gw.stop()
         await asyncio.wait_for(task, 30)
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    """Write settings as a cuffwatch.toml a gateway process can load (secrets excluded)."""
+    import tomllib  # noqa: F401 - the format we emit must load back with it
+
+    data = settings.model_dump(mode="json", exclude_none=True)
+    path.write_text(_to_toml(data))
+    return path
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    simple = {k: v for k, v in data.items() if not isinstance(v, dict)
+              and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    arrays = {k: v for k, v in data.items() if isinstance(v, list) and v
+              and isinstance(v[0], dict)}
+    out = []
+    if prefix and (simple or not tables):
+        out.append(f"[{prefix}]")
+    out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in simple.items()]
+    for k, v in tables.items():
+        out.append(_to_toml(v, f"{prefix}.{json.dumps(k)}" if prefix else json.dumps(k)))
+    for k, items in arrays.items():
+        for item in items:
+            name = f"{prefix}.{json.dumps(k)}" if prefix else json.dumps(k)
+            out.append(f"[[{name}]]")
+            out += [f"{json.dumps(ik)} = {_toml_value(iv)}" for ik, iv in item.items()]
+    return "\n".join(out) + "\n"
+
+
+class GatewayProcess:
+    """`cuffwatch run -c FILE` as a real child process: start, SIGTERM, SIGKILL, RSS."""
+
+    def __init__(self, config: Path, health_port: int, log_path: Path) -> None:
+        self.config = config
+        self.health_port = health_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> GatewayProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
+        )
+        log.close()
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{self.health_port}/readyz",
+                    timeout=aiohttp.ClientTimeout(total=1),
+                ) as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        await wait_for(ready, what=f"gateway ready\n{self.log_tail()}")
+        return self
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    async def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        assert self.proc is not None
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{self.health_port}/metrics"
+        ) as resp:
+            return await resp.text()
+
+    async def metric(self, name: str) -> float:
+        for line in (await self.metrics()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"no metric {name}")

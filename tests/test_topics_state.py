@@ -100,3 +100,8 @@ def test_clock_skew_uses_receive_time(fleet: Fleet) -> None:
     ancient = ReadingIn(ts=now - 3_700_000, seq=3, pressure_mmhg=1.0, elapsed_s=0.0)
     r = fleet.to_reading(c, ancient, received_ms=now)
     assert (r.ts_ms, r.clock_skew_s) == (now, -3700.0)
+    # an array of skewed readings arriving together still gets distinct timestamps
+    times = [fleet.to_reading(c, ReadingIn(ts=now + 10**7, seq=4 + i, pressure_mmhg=1.0,
+                                           elapsed_s=0.0), received_ms=now).ts_ms
+             for i in range(5)]
+    assert times == [now + 1 + i for i in range(5)]
