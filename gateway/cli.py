@@ -47,8 +47,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
 
-    async def main() -> None:
+    from alerts.push import PushConfigError
+
+    try:
         push = PushDispatcher(routes_from_settings(settings))
+    except PushConfigError as exc:
+        for line in exc.problems:
+            print(f"config: {line}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
         gw = Gateway(settings, notifiers=[push])
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,7 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- assign / ack ---------------------------------------------------------------------------------
 
 
-async def _publish_once(settings: Settings, topic: str, payload: bytes, *, retain: bool) -> None:
+PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBACK
+
+
+async def _publish_once(
+    settings: Settings, topic: str, payload: bytes, *, retain: bool, username: str | None
+) -> None:
+    """Connect, publish one QoS 1 message, wait for the broker's PUBACK, disconnect."""
     import uuid
 
     from gateway.mqtt import MqttLink, make_ssl_context
@@ -71,13 +85,21 @@ async def _publish_once(settings: Settings, topic: str, payload: bytes, *, retai
     tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
     link = MqttLink(
         client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}", host=b.host, port=b.port,
-        protocol=b.protocol, username=b.username, password=b.secret_password(), tls=tls,
-        clean_start=True, session_expiry_s=0,
+        protocol=b.protocol, username=username or b.username, password=b.secret_password(),
+        tls=tls, clean_start=True, session_expiry_s=3600,
     )
     await link.connect(retry=False)
-    link.publish(topic, payload, qos=1, retain=retain)
-    await asyncio.sleep(0.2)  # let the QoS 1 publish leave before the DISCONNECT
-    await link.disconnect()
+    try:
+        link.publish(topic, payload, qos=1, retain=retain)
+        storage = link.client._persistent_storage  # noqa: SLF001 - gmqtt is pinned (0.8.0)
+        await asyncio.wait_for(storage.wait_empty(), PUBLISH_ACK_TIMEOUT_S)
+        if not link.connected.is_set():
+            # Mosquitto disconnects a client after a publish its ACL denies
+            raise SystemExit(f"the broker refused the publish to {topic} (not authorised?)")
+    except TimeoutError:
+        raise SystemExit(f"no acknowledgement from the broker for {topic}") from None
+    finally:
+        await link.disconnect()
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -86,6 +108,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     topic = Topics(settings.topic_root).assignment(args.team, args.cuff)
+    if not args.clear and not args.athlete:
+        print("assign: --athlete is required (or --clear)", file=sys.stderr)
+        return 2
     if args.clear:
         payload = b""
     else:
@@ -96,7 +121,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
         }
         assignment = Assignment.model_validate({k: v for k, v in fields.items() if v is not None})
         payload = assignment.model_dump_json(exclude_none=True).encode()
-    asyncio.run(_publish_once(settings, topic, payload, retain=True))
+    asyncio.run(_publish_once(settings, topic, payload, retain=True, username=args.username))
     print(f"{'cleared' if args.clear else 'assigned'}: {topic}")
     return 0
 
@@ -107,7 +132,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     settings = _settings(args)
     topic = Topics(settings.topic_root).ack(args.team, args.cuff, args.kind)
     payload = json.dumps({"by": args.by}).encode() if args.by else b""
-    asyncio.run(_publish_once(settings, topic, payload, retain=False))
+    asyncio.run(_publish_once(settings, topic, payload, retain=False, username=args.username))
     print(f"acknowledged: {topic}")
     return 0
 
@@ -140,8 +165,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway import simulate
 
-    settings = load_settings(args.config) if args.config else Settings()
-    options = simulate.options_from_args(args, settings)
+    settings = _settings(args)
+    try:
+        options = simulate.options_from_args(args, settings)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -154,7 +183,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             pass
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except simulate.SimulationError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -229,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limb", choices=["left_arm", "right_arm", "left_leg", "right_leg"])
     p.add_argument("--protocol", choices=["bfr", "ipc"])
     p.add_argument("--lop", type=float, help="limb occlusion pressure, mmHg")
-    p.add_argument("--target-pct", type=float, help="target, % of LOP")
+    p.add_argument("--target-pct", type=float, help="target, %% of LOP")
     p.add_argument("--target", type=float, help="target, mmHg")
     p.add_argument("--max-bout-s", type=float)
     p.add_argument("--clear", action="store_true", help="clear the assignment")
+    p.add_argument("--username", help="broker user (staff-TEAM with broker-auth's ACLs; "
+                   "password from CUFFWATCH_BROKER__PASSWORD)")
     p.set_defaults(func=cmd_assign)
 
     p = add("ack", "acknowledge an open alert")
@@ -240,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuff", required=True)
     p.add_argument("--kind", required=True, help="alert kind, e.g. over_pressure")
     p.add_argument("--by", help="who acknowledges")
+    p.add_argument("--username", help="broker user (staff-TEAM with broker-auth's ACLs; "
+                   "password from CUFFWATCH_BROKER__PASSWORD)")
     p.set_defaults(func=cmd_ack)
 
     p = add("dashboards", "Grafana dashboards as code")
