@@ -25,8 +25,8 @@ from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Transition
 from gateway.config import Assignment, Settings
 from gateway.decode import (
     Rejected,
-    RejectReason,
     Rejection,
+    RejectReason,
     decode_readings,
     decode_status,
 )
@@ -34,7 +34,7 @@ from gateway.health import Counters, GatewayCollector, HealthServer
 from gateway.model import CuffPhase
 from gateway.mqtt import MqttLink, make_ssl_context
 from gateway.state import CuffState, Fleet
-from gateway.topics import BadTopic, Topics, TopicKind
+from gateway.topics import BadTopic, TopicKind, Topics
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline
 from ingest.sinks import Sink, make_sink
@@ -95,7 +95,11 @@ class Gateway:
         self._timer_lines: list[str] = []
         self._timer_lines_ready = asyncio.Event()
         broker = settings.broker
-        tls = make_ssl_context(broker.ca_file, broker.cert_file, broker.key_file) if broker.tls else None
+        tls = (
+            make_ssl_context(broker.ca_file, broker.cert_file, broker.key_file)
+            if broker.tls
+            else None
+        )
         filters = self.topics.subscriptions(broker.teams)
         if broker.shared_group and broker.protocol == 5:
             # §9: data topics are split across the group; acks and state stay per gateway
@@ -140,7 +144,7 @@ class Gateway:
                 self.ready.set()
                 await self._stopping.wait()
                 await self._shutdown()
-                raise _Stopped
+                raise _Stopped  # noqa: TRY301 - leaving the TaskGroup cancels its tasks
         except* _Stopped:
             pass
         finally:
@@ -241,8 +245,7 @@ class Gateway:
             params = state.params(self.settings, reading.athlete, reading.limb)
             outcome = self.engine.on_reading(reading, params)
             lag = received_ms - device_ts
-            if lag > self.counters.lag_ms_max:
-                self.counters.lag_ms_max = lag
+            self.counters.lag_ms_max = max(self.counters.lag_ms_max, lag)
             state.accepted += 1
             self.counters.accepted += 1
             state.last_seen_s = now_s
@@ -291,7 +294,8 @@ class Gateway:
                     log.error(
                         "SPOOL FULL (%d bytes, cap %d): holding messages unacknowledged until "
                         "InfluxDB drains it; the broker keeps them",
-                        self.spool.bytes_used, self.settings.spool.max_bytes,
+                        self.spool.bytes_used,
+                        self.settings.spool.max_bytes,
                     )
                     self._set_status("degraded")
                 self.counters.backpressure_waits += 1
@@ -443,8 +447,14 @@ class Gateway:
             if len(self._reject_log) >= REJECT_LOG_MAX_KEYS:
                 self._reject_log.clear()
             more = f" (+{suppressed} more since last logged)" if suppressed else ""
-            log.warning("rejected from %s/%s: %s: %s%s", team or "?", cuff or "?",
-                        reason.value, detail, more)
+            log.warning(
+                "rejected from %s/%s: %s: %s%s",
+                team or "?",
+                cuff or "?",
+                reason.value,
+                detail,
+                more,
+            )
             self._reject_log[key] = (now, 0)
         else:
             self._reject_log[key] = (last, suppressed + 1)
@@ -479,8 +489,9 @@ class Gateway:
             for route, values in stats().items():
                 for key, value in values.items():
                     if isinstance(value, int | float):
-                        out.append((f"push_{key}", {"route": route}, float(value),
-                                    f"push route {key}"))
+                        out.append(
+                            (f"push_{key}", {"route": route}, float(value), f"push route {key}")
+                        )
         return out
 
     def cuff(self, cuff_id: str) -> CuffState:

@@ -26,8 +26,13 @@ async def _check_broker(s: Settings, timeout_s: float) -> str | None:
     except (OSError, ValueError) as exc:
         return _say(False, "broker TLS", f"cannot load certificates: {exc}")
     link = MqttLink(
-        client_id=f"cuffwatch-check-{uuid.uuid4().hex[:8]}", host=b.host, port=b.port,
-        protocol=b.protocol, username=b.username, password=b.secret_password(), tls=tls,
+        client_id=f"cuffwatch-check-{uuid.uuid4().hex[:8]}",
+        host=b.host,
+        port=b.port,
+        protocol=b.protocol,
+        username=b.username,
+        password=b.secret_password(),
+        tls=tls,
         clean_start=True,
     )
     try:
@@ -99,14 +104,22 @@ def _check_routes(s: Settings) -> list[str | None]:
                 continue
             scheme = url.split("://", 1)[0]
             ok = apprise.Apprise().add(url)
-            out.append(_say(ok, label, f"{scheme}:// {'understood' if ok else 'not a valid Apprise URL'}"))
+            out.append(
+                _say(ok, label, f"{scheme}:// {'understood' if ok else 'not a valid Apprise URL'}")
+            )
     return out
 
 
 async def run_checks(settings: Settings, *, timeout_s: float = 5.0) -> list[str]:
     """Print one line per check; return the problems (empty = all good)."""
-    results = [_say(True, "config", f"{len(settings.teams)} team(s), "
-                    f"{sum(len(t.cuffs) for t in settings.teams.values())} cuff(s)")]
+    results = [
+        _say(
+            True,
+            "config",
+            f"{len(settings.teams)} team(s), "
+            f"{sum(len(t.cuffs) for t in settings.teams.values())} cuff(s)",
+        )
+    ]
     results.append(_check_dir("spool", Path(settings.spool.dir)))
     broker, influx = await asyncio.gather(
         _check_broker(settings, timeout_s), _check_influx(settings, timeout_s)

@@ -1,9 +1,10 @@
-"""`cuffwatch` command line (SPEC §8): run, demo, simulate, assign, ack, dashboards, query, check."""
+"""`cuffwatch` command line (SPEC §8): run, demo, simulate, assign, ack, dashboards, query…"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -36,9 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(2) from None
 
 
-
-
-# -- run ----------------------------------------------------------------------------------------
+# -- run ------------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,14 +83,20 @@ async def _publish_once(
     b = settings.broker
     tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
     link = MqttLink(
-        client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}", host=b.host, port=b.port,
-        protocol=b.protocol, username=username or b.username, password=b.secret_password(),
-        tls=tls, clean_start=True, session_expiry_s=3600,
+        client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}",
+        host=b.host,
+        port=b.port,
+        protocol=b.protocol,
+        username=username or b.username,
+        password=b.secret_password(),
+        tls=tls,
+        clean_start=True,
+        session_expiry_s=3600,
     )
     await link.connect(retry=False)
     try:
         link.publish(topic, payload, qos=1, retain=retain)
-        storage = link.client._persistent_storage  # noqa: SLF001 - gmqtt is pinned (0.8.0)
+        storage = link.client._persistent_storage
         await asyncio.wait_for(storage.wait_empty(), PUBLISH_ACK_TIMEOUT_S)
         if not link.connected.is_set():
             # Mosquitto disconnects a client after a publish its ACL denies
@@ -115,8 +120,12 @@ def cmd_assign(args: argparse.Namespace) -> int:
         payload = b""
     else:
         fields = {
-            "athlete": args.athlete, "limb": args.limb, "protocol": args.protocol,
-            "lop_mmhg": args.lop, "target_pct_lop": args.target_pct, "target_mmhg": args.target,
+            "athlete": args.athlete,
+            "limb": args.limb,
+            "protocol": args.protocol,
+            "lop_mmhg": args.lop,
+            "target_pct_lop": args.target_pct,
+            "target_mmhg": args.target,
             "max_bout_s": args.max_bout_s,
         }
         assignment = Assignment.model_validate({k: v for k, v in fields.items() if v is not None})
@@ -137,7 +146,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- check ------------------------------------------------------------------------------------------
+# -- check ----------------------------------------------------------------------------------------
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -153,7 +162,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-# -- demo / simulate ---------------------------------------------------------------------------------
+# -- demo / simulate ------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,10 +187,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await simulate.run_simulation(options)
-        except asyncio.CancelledError:
-            pass
 
     try:
         asyncio.run(main())
@@ -191,7 +198,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- dashboards / query / broker-auth -----------------------------------------------------------------
+# -- dashboards / query / broker-auth -------------------------------------------------------------
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
@@ -208,8 +215,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     return query_command(
-        settings, args.kind, args.team, args.athlete, args.since, args.start, args.end,
-        args.format, args.out,
+        settings,
+        args.kind,
+        args.team,
+        args.athlete,
+        args.since,
+        args.start,
+        args.end,
+        args.format,
+        args.out,
     )
 
 
@@ -219,7 +233,7 @@ def cmd_broker_auth(args: argparse.Namespace) -> int:
     return brokerauth.run_command(args, _settings(args))
 
 
-# -- parser -------------------------------------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,8 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("-c", "--config", metavar="FILE", help="cuffwatch.toml (default: none; "
-                       "every key also from CUFFWATCH_… environment variables)")
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="cuffwatch.toml (default: none; "
+            "every key also from CUFFWATCH_… environment variables)",
+        )
         return p
 
     p = add("run", "run the gateway")
@@ -241,8 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "everything on embedded defaults: broker, simulated squad, gateway, live table")
     p.add_argument("--cuffs", type=int, default=8, help="simulated cuffs (default 8)")
-    p.add_argument("--speed", type=float, default=10.0,
-                   help="session time compression (default 10x, so bouts end within minutes)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=10.0,
+        help="session time compression (default 10x, so bouts end within minutes)",
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--data-dir", default=None, help="where the demo keeps spool and line files")
     p.add_argument("--no-faults", action="store_true", help="a squad without injected faults")
@@ -266,8 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="target, mmHg")
     p.add_argument("--max-bout-s", type=float)
     p.add_argument("--clear", action="store_true", help="clear the assignment")
-    p.add_argument("--username", help="broker user (staff-TEAM with broker-auth's ACLs; "
-                   "password from CUFFWATCH_BROKER__PASSWORD)")
+    p.add_argument(
+        "--username",
+        help="broker user (staff-TEAM with broker-auth's ACLs; "
+        "password from CUFFWATCH_BROKER__PASSWORD)",
+    )
     p.set_defaults(func=cmd_assign)
 
     p = add("ack", "acknowledge an open alert")
@@ -275,16 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuff", required=True)
     p.add_argument("--kind", required=True, help="alert kind, e.g. over_pressure")
     p.add_argument("--by", help="who acknowledges")
-    p.add_argument("--username", help="broker user (staff-TEAM with broker-auth's ACLs; "
-                   "password from CUFFWATCH_BROKER__PASSWORD)")
+    p.add_argument(
+        "--username",
+        help="broker user (staff-TEAM with broker-auth's ACLs; "
+        "password from CUFFWATCH_BROKER__PASSWORD)",
+    )
     p.set_defaults(func=cmd_ack)
 
     p = add("dashboards", "Grafana dashboards as code")
     p.add_argument("action", choices=["build", "push"])
     p.add_argument("--out", default=None, help="output dir (build; default dashboards/generated)")
     p.add_argument("--url", default=None, help="Grafana URL (push; or GRAFANA_URL)")
-    p.add_argument("--token", default=None,
-                   help="service-account token (push; better: GRAFANA_TOKEN in the environment)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="service-account token (push; better: GRAFANA_TOKEN in the environment)",
+    )
     p.set_defaults(func=cmd_dashboards)
 
     p = add("query", "query stored bouts, telemetry or alerts")

@@ -377,8 +377,11 @@ class Settings(BaseSettings):
         return RuleParams(
             limb=limb,
             protocol=protocol,
-            tolerance_mmhg=(rx.tolerance_mmhg if rx and rx.tolerance_mmhg is not None
-                            else defaults.tolerance_mmhg),
+            tolerance_mmhg=(
+                rx.tolerance_mmhg
+                if rx and rx.tolerance_mmhg is not None
+                else defaults.tolerance_mmhg
+            ),
             hard_max_mmhg=hard_max,
             default_max_mmhg=limits.default_max_mmhg,
             lop_mmhg=lop,

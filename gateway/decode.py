@@ -96,7 +96,9 @@ def _describe(exc: ValidationError) -> tuple[RejectReason, str]:
     # a union (ts: int | datetime) reports one error per member: describe the last member's
     union_members = ("int", "datetime")
     field_loc = tuple(p for p in first["loc"] if p not in union_members)
-    same_field = [e for e in errors if tuple(p for p in e["loc"] if p not in union_members) == field_loc]
+    same_field = [
+        e for e in errors if tuple(p for p in e["loc"] if p not in union_members) == field_loc
+    ]
     msg = same_field[-1]["msg"]
     loc = ".".join(str(p) for p in field_loc)
     others = len(errors) - len(same_field)
@@ -161,7 +163,11 @@ class Rejection:
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"reason": self.detail, "code": self.reason.value, "payload": echo_payload(self.payload)},
+            {
+                "reason": self.detail,
+                "code": self.reason.value,
+                "payload": echo_payload(self.payload),
+            },
             separators=(",", ":"),
             ensure_ascii=False,
         ).encode()

@@ -47,8 +47,14 @@ def _free_port() -> int:
 
 def demo_faults(squad: list[simulate.CuffSpec], speed: float) -> list[simulate.FaultSpec]:
     """A few faults early in the run so that every kind of alert shows within minutes."""
-    plan = [("over_pressure", 20), ("leak", 35), ("low_battery", 15), ("dropout", 50),
-            ("sensor", 25), ("forgotten", 10)]
+    plan = [
+        ("over_pressure", 20),
+        ("leak", 35),
+        ("low_battery", 15),
+        ("dropout", 50),
+        ("sensor", 25),
+        ("forgotten", 10),
+    ]
     faults = []
     for (kind, at), spec in zip(plan, squad[1:], strict=False):
         faults.append(simulate.FaultSpec.parse(f"{kind}:{spec.cuff}@{at}s"))
@@ -67,10 +73,21 @@ class SquadTable:
 
     def __rich__(self) -> Group:
         table = Table(title="cuffwatch demo — squad live", title_justify="left", expand=False)
-        for col in ("team", "cuff", "athlete", "limb", "state", "mmHg", "target", "bout",
-                    "battery", "alerts"):
-            table.add_column(col, justify="right" if col in ("mmHg", "target", "bout",
-                                                            "battery") else "left")
+        for col in (
+            "team",
+            "cuff",
+            "athlete",
+            "limb",
+            "state",
+            "mmHg",
+            "target",
+            "bout",
+            "battery",
+            "alerts",
+        ):
+            table.add_column(
+                col, justify="right" if col in ("mmHg", "target", "bout", "battery") else "left"
+            )
         open_by_cuff: dict[str, list[Any]] = {}
         for alert in self.gw.engine.open_alerts():
             open_by_cuff.setdefault(alert.cuff, []).append(alert)
@@ -78,13 +95,29 @@ class SquadTable:
             params = state.params(self.gw.settings, state.athlete, state.limb)
             alerts = open_by_cuff.get(state.cuff, [])
             worst = max((a.severity for a in alerts), default=None)
-            style = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow",
-                     Severity.INFO: "cyan"}.get(worst, "") if worst else ""
+            style = (
+                {
+                    Severity.CRITICAL: "bold red",
+                    Severity.WARNING: "yellow",
+                    Severity.INFO: "cyan",
+                }.get(worst, "")
+                if worst
+                else ""
+            )
             phase = state.phase
             table.add_row(
-                state.team, state.cuff, state.athlete, state.limb.value,
-                Text(phase.value, style="green" if phase is CuffPhase.INFLATED else
-                     "red" if phase in (CuffPhase.STALE, CuffPhase.OFFLINE) else ""),
+                state.team,
+                state.cuff,
+                state.athlete,
+                state.limb.value,
+                Text(
+                    phase.value,
+                    style="green"
+                    if phase is CuffPhase.INFLATED
+                    else "red"
+                    if phase in (CuffPhase.STALE, CuffPhase.OFFLINE)
+                    else "",
+                ),
                 "" if state.last_pressure is None else f"{state.last_pressure:.0f}",
                 "" if params.target_mmhg is None else f"{params.target_mmhg:.0f}",
                 f"{state.last_elapsed_s:.0f} s" if phase is CuffPhase.INFLATED else "",
@@ -95,7 +128,9 @@ class SquadTable:
         footer = Text(
             f"received {c.received}  accepted {c.accepted}  rejected {c.rejected}  "
             f"duplicates {c.duplicates}  open alerts "
-            f"{len(self.gw.engine.open_alerts())}   (Ctrl-C to stop)", style="dim")
+            f"{len(self.gw.engine.open_alerts())}   (Ctrl-C to stop)",
+            style="dim",
+        )
         return Group(table, footer, Text("latest alerts:", style="bold"), *self.recent)
 
 
@@ -115,19 +150,28 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
 
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="cuffwatch-demo-"))
     port = args.port or _free_port()
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        # with anonymous access amqtt keeps no session; the gateway logs in by name
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                    {"allow_anonymous": False}},
-    })
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            # with anonymous access amqtt keeps no session; the gateway logs in by name
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}
+            },
+        }
+    )
     await broker.start()
     settings = demo_settings(data_dir, port, args.cuffs)
     squad = simulate.squad_from_settings(settings)
     faults = [] if args.no_faults else demo_faults(squad, args.speed)
     options = simulate.SimOptions(
-        squad=tuple(squad), port=port, protocol=3, username="squad",
-        topic_root=settings.topic_root, speed=args.speed, faults=tuple(faults), seed=7,
+        squad=tuple(squad),
+        port=port,
+        protocol=3,
+        username="squad",
+        topic_root=settings.topic_root,
+        speed=args.speed,
+        faults=tuple(faults),
+        seed=7,
     )
     gw = Gateway(settings)
     table = SquadTable(gw)
@@ -138,8 +182,10 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    console.print(f"[bold]cuffwatch demo[/]: broker 127.0.0.1:{port}, {len(squad)} cuffs in "
-                  f"{DEMO_TEAMS} teams, session speed {args.speed:g}x, data in {data_dir}")
+    console.print(
+        f"[bold]cuffwatch demo[/]: broker 127.0.0.1:{port}, {len(squad)} cuffs in "
+        f"{DEMO_TEAMS} teams, session speed {args.speed:g}x, data in {data_dir}"
+    )
     if faults:
         console.print("injected faults: " + ", ".join(str(f) for f in faults))
     started = time.monotonic()
@@ -147,13 +193,15 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
         async with asyncio.TaskGroup() as tg:
             gw_task = tg.create_task(gw.run(), name="cuffwatch.demo.gateway")
             await gw.ready.wait()
-            sim_task = tg.create_task(simulate.run_simulation(options),
-                                      name="cuffwatch.demo.simulator")
+            sim_task = tg.create_task(
+                simulate.run_simulation(options), name="cuffwatch.demo.simulator"
+            )
             if args.duration:
                 loop.call_later(args.duration, stop.set)
             if interactive:
-                with Live(table, console=console, refresh_per_second=TABLE_REFRESH_PER_S,
-                          transient=False):
+                with Live(
+                    table, console=console, refresh_per_second=TABLE_REFRESH_PER_S, transient=False
+                ):
                     await stop.wait()
             else:
                 while not stop.is_set():

@@ -64,24 +64,29 @@ class GatewayCollector(Collector):
         for reason, n in c.rejected_by_reason.items():
             rejected.add_metric([reason.value], n)
         yield rejected
-        for name, value in sorted(self._gauges().items()):
-            yield GaugeMetricFamily(f"cuffwatch_{name}", name.replace("_", " "), value=value)
+        for gauge, level in sorted(self._gauges().items()):
+            yield GaugeMetricFamily(f"cuffwatch_{gauge}", gauge.replace("_", " "), value=level)
         families: dict[str, GaugeMetricFamily] = {}
-        for name, labels, value, doc in self._labeled():
-            fam = families.get(name)
+        for family, labels, level, doc in self._labeled():
+            fam = families.get(family)
             if fam is None:
-                fam = families[name] = GaugeMetricFamily(
-                    f"cuffwatch_{name}", doc, labels=sorted(labels)
+                fam = families[family] = GaugeMetricFamily(
+                    f"cuffwatch_{family}", doc, labels=sorted(labels)
                 )
-            fam.add_metric([labels[k] for k in sorted(labels)], value)
+            fam.add_metric([labels[k] for k in sorted(labels)], level)
         yield from families.values()
 
 
 class HealthServer:
     """Serves liveness, readiness and metrics; `port` is the bound port once started."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]],
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], tuple[bool, str]],
+        registry: CollectorRegistry,
+    ) -> None:
         self._host = host
         self._port = port
         self._ready = ready
@@ -98,9 +103,10 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes no public bound-port accessor
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        # aiohttp has no public accessor for the bound port (port 0 = any free one)
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
         log.info("health on http://%s:%s (/healthz /readyz /metrics)", self._host, self.port)
 
     async def stop(self) -> None:

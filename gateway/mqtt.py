@@ -89,7 +89,10 @@ class MqttLink:
         self._backoff = backoff_delays()
         props: dict[str, Any] = {}
         if protocol == 5:
-            props = {"session_expiry_interval": session_expiry_s, "receive_maximum": RECEIVE_MAXIMUM}
+            props = {
+                "session_expiry_interval": session_expiry_s,
+                "receive_maximum": RECEIVE_MAXIMUM,
+            }
         will_msg = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
         self.client = gmqtt.Client(
             client_id,
@@ -114,17 +117,23 @@ class MqttLink:
         while True:
             try:
                 await self.client.connect(
-                    self._host, self._port, ssl=self._tls, keepalive=self._keepalive,
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    keepalive=self._keepalive,
                     version=self._version,
                 )
                 return
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 if not retry:
                     raise MqttError(f"cannot reach {self._host}:{self._port}: {exc}") from exc
                 delay = next(self._backoff)
                 self._log.warning(
                     "broker %s:%s unreachable (%s); retrying in %.1f s",
-                    self._host, self._port, exc, delay,
+                    self._host,
+                    self._port,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
             except Exception as exc:
@@ -142,20 +151,27 @@ class MqttLink:
             self.client.subscribe(subs)
         self.connected.set()
         self._log.info(
-            "connected to %s:%s (MQTT %s, session %s)", self._host, self._port,
-            self.protocol_version, "resumed" if session_present else "new",
+            "connected to %s:%s (MQTT %s, session %s)",
+            self._host,
+            self._port,
+            self.protocol_version,
+            "resumed" if session_present else "new",
         )
         if self._on_connected:
             self._on_connected(session_present)
 
-    def _handle_disconnect(self, client: Any, packet: Any, exc: BaseException | None = None) -> None:
+    def _handle_disconnect(
+        self, client: Any, packet: Any, exc: BaseException | None = None
+    ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
         self.client.reconnect_delay = next(self._backoff)
         if was:
             self._log.warning(
                 "disconnected from %s:%s; reconnecting in %.1f s",
-                self._host, self._port, self.client.reconnect_delay,
+                self._host,
+                self._port,
+                self.client.reconnect_delay,
             )
 
     async def _handle_message(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from alerts.params import RuleParams
 from gateway.config import Assignment, Settings
-from gateway.decode import ReadingIn, RejectReason, Rejected
+from gateway.decode import ReadingIn, Rejected, RejectReason
 from gateway.model import CuffPhase, Limb, Reading
 
 # QoS 1 redelivery repeats recent messages; a window of this many readings per cuff catches

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import gmqtt
@@ -22,25 +22,25 @@ from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gateway.app import Gateway
 from gateway.config import Settings, load_settings
 
-T = TypeVar("T")
-
 WAIT_TIMEOUT_S = 20.0  # generous: a loaded 2-core CI box; waits return as soon as true
 
 
 async def wait_for(
-    predicate: Callable[[], T | Awaitable[T]], timeout: float = WAIT_TIMEOUT_S,
-    interval: float = 0.05, what: str = "condition",
-) -> T:
-    """Poll until predicate() is truthy; return its value or fail with `what`."""
+    predicate: Callable[[], Any],
+    timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109 - a polling helper: the deadline is its point
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
+    """Poll until predicate() (a value or an awaitable) is truthy; return it, or fail."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: Any = None
     while True:
         value = predicate()
-        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+        if isinstance(value, Awaitable):
             value = await value
-        last = value  # type: ignore[assignment]
+        last = value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} (last value: {last!r})")
         await asyncio.sleep(interval)
@@ -175,7 +175,7 @@ class GatewayProcess:
 
     async def start(self) -> GatewayProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
         )
@@ -208,10 +208,11 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    async def terminate(self, timeout: float = 30.0) -> int:
+    async def terminate(self, within_s: float = 30.0) -> int:
+        """SIGTERM; the exit code once the process has drained and exited."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout)
+        return await asyncio.to_thread(self.proc.wait, within_s)
 
     def rss_bytes(self) -> int:
         import psutil

@@ -88,7 +88,9 @@ def test_assignment_overrides_prescription(config_file: Path) -> None:
     from gateway.config import Assignment
 
     s = load_settings(config_file)
-    a = Assignment.model_validate_json(b'{"athlete": "a-17", "target_mmhg": 150, "protocol": "ipc"}')
+    a = Assignment.model_validate_json(
+        b'{"athlete": "a-17", "target_mmhg": 150, "protocol": "ipc"}'
+    )
     p = s.rule_params("t1", "a-17", Limb.LEFT_LEG, a)
     assert p.target_mmhg == 150.0
     assert p.protocol is Protocol.IPC

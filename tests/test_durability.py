@@ -58,7 +58,7 @@ class Stream:
 
     async def acked(self) -> None:
         """Wait until the broker has PUBACKed everything we published."""
-        await asyncio.wait_for(self.probe.client._persistent_storage.wait_empty(), 30)  # noqa: SLF001
+        await asyncio.wait_for(self.probe.client._persistent_storage.wait_empty(), 30)
 
 
 async def stored(influxdb: InfluxDB1Server, db: str) -> int:
@@ -83,7 +83,7 @@ async def assert_every_reading_once(influxdb: InfluxDB1Server, db: str, stream: 
 
 
 async def _equals(value: Any, expected: int) -> bool:
-    return (await value) == expected
+    return bool((await value) == expected)
 
 
 def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
@@ -295,5 +295,5 @@ async def test_memory_stays_bounded_through_a_long_outage(
 
 async def test_gmqtt_publisher_sanity() -> None:
     # the helper above relies on gmqtt's storage API: fail loudly if it changes
-    storage = gmqtt.Client("x")._persistent_storage  # noqa: SLF001
+    storage = gmqtt.Client("x")._persistent_storage
     assert hasattr(storage, "wait_empty")

@@ -8,7 +8,7 @@ from gateway.config import Assignment, load_settings
 from gateway.decode import ReadingIn, Rejected, RejectReason
 from gateway.model import Limb
 from gateway.state import DEDUP_WINDOW, Fleet
-from gateway.topics import BadTopic, Topics, TopicKind
+from gateway.topics import BadTopic, TopicKind, Topics
 
 
 def test_parse_topics() -> None:
