@@ -67,9 +67,11 @@ class Gateway:
         notifiers: Sequence[Notifier] = (),
         clock: Callable[[], float] = time.time,
         health: bool | None = None,
+        stats_interval_s: float = STATS_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.stats_interval_s = stats_interval_s
         self.topics = Topics(settings.topic_root)
         self.fleet = Fleet(settings)
         self.engine = AlertEngine(clock=clock)
@@ -409,7 +411,7 @@ class Gateway:
 
     async def _stats_loop(self) -> None:
         while True:
-            await asyncio.sleep(STATS_INTERVAL_S)
+            await asyncio.sleep(self.stats_interval_s)
             await self._store([self._stats_line()])
 
     def _stats_line(self) -> str:

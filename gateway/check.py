@@ -48,30 +48,34 @@ async def _check_influx(s: Settings, timeout_s: float) -> str | None:
     i = s.influx
     if i.api == "file":
         return _check_dir("line-protocol store", Path(i.file_dir))
-    headers = {}
+    url = i.url.rstrip("/")
+    headers: dict[str, str] = {}
     auth = None
     if i.api == "v2":
         token = i.secret_token()
         if not token:
             return _say(False, "influx", "api v2 needs a token (CUFFWATCH_INFLUX__TOKEN)")
         headers["Authorization"] = f"Token {token}"
-        query = {"db": i.bucket, "q": "SHOW MEASUREMENTS LIMIT 1"}
+        probe = (f"{url}/api/v2/buckets", {"name": i.bucket, "org": i.org})
     else:
         if i.username:
             auth = aiohttp.BasicAuth(i.username, i.secret_password() or "")
-        query = {"db": i.database, "q": "SHOW MEASUREMENTS LIMIT 1"}
-    url = i.url.rstrip("/")
+        probe = (f"{url}/query", {"db": i.database, "q": "SHOW MEASUREMENTS LIMIT 1"})
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
             async with http.get(f"{url}/ping") as resp:
                 if resp.status >= 400:
                     return _say(False, "influx", f"{url}/ping answered {resp.status}")
-            async with http.get(f"{url}/query", params=query, headers=headers, auth=auth) as resp:
+            async with http.get(probe[0], params=probe[1], headers=headers, auth=auth) as resp:
                 body = await resp.text()
                 if resp.status in (401, 403):
                     return _say(False, "influx", f"{url}: credentials refused ({resp.status})")
-                if resp.status >= 400 or '"error"' in body:
+                if i.api == "v2" and resp.status == 404:
+                    pass  # a v2 write endpoint without the bucket API (VictoriaMetrics)
+                elif resp.status >= 400 or '"error"' in body:
                     return _say(False, "influx", f"{url}: {resp.status} {body[:200]}")
+                elif i.api == "v2" and f'"name":"{i.bucket}"' not in body.replace(" ", ""):
+                    return _say(False, "influx", f"{url}: no bucket {i.bucket} in org {i.org}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _say(False, "influx", f"{url}: {exc or 'timed out'}")
     target = i.bucket if i.api == "v2" else i.database
