@@ -1,0 +1,162 @@
+"""`python -m bench [--quick] [--only NAME ...]`: run the benchmarks, write bench/results/.
+
+One run starts its own Mosquitto and InfluxDB 1.x on loopback ports, measures their
+ceilings, then the gateway (always a separate `cuffwatch run` process) against them, and
+writes latest.json, latest.md and latest.png. Figures are compared with the issue's
+targets and printed as pass/miss; nothing here is a test and nothing fails on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import ceilings, footprint, latency, micro, profile, report, throughput
+from bench.gateway_shim import FIXES, needed
+from bench.infra import LOAD_TEAMS, Servers, machine_info, servers
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much each benchmark does: full ≤ 10 min on 2 cores, quick ~1–2 min."""
+
+    broker_messages: int
+    broker_array_messages: int
+    influx_points: int
+    e2e_target_s: float
+    cuffs: int
+    latency_samples: int
+    latency_load_s: float
+    rss_s: float
+    startup_runs: int
+
+
+FULL = Sizes(broker_messages=200_000, broker_array_messages=30_000, influx_points=500_000,
+             e2e_target_s=25.0, cuffs=1000, latency_samples=300, latency_load_s=20.0,
+             rss_s=60.0, startup_runs=5)
+QUICK = Sizes(broker_messages=40_000, broker_array_messages=6_000, influx_points=100_000,
+              e2e_target_s=5.0, cuffs=1000, latency_samples=60, latency_load_s=8.0,
+              rss_s=15.0, startup_runs=2)
+
+Bench = Callable[[Servers, Sizes, dict[str, Any], tuple[str, ...]], None]
+
+
+def _broker(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["broker_ceiling"] = {
+        "single": ceilings.broker(srv, messages=s.broker_messages, batch=1, cuffs=s.cuffs),
+        "array10": ceilings.broker(srv, messages=s.broker_array_messages, batch=10,
+                                   cuffs=s.cuffs),
+    }
+
+
+def _influx(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["influx_ceiling"] = {
+        "one_writer": ceilings.influx(srv, points=s.influx_points, writers=1, cuffs=s.cuffs),
+        "two_writers": ceilings.influx(srv, points=s.influx_points, writers=2, cuffs=s.cuffs),
+    }
+
+
+def _e2e(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["e2e"] = {
+        "single": throughput.e2e(srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s,
+                                 fixes=fixes, label="e2e_single"),
+        "array10": throughput.e2e(srv, batch=10, cuffs=s.cuffs, target_s=s.e2e_target_s,
+                                  fixes=fixes, label="e2e_array10"),
+    }
+
+
+def _scaleout(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["scaleout"] = throughput.e2e(
+        srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s, fixes=fixes,
+        partitions=tuple((team,) for team in LOAD_TEAMS), label="scaleout",
+    )
+
+
+def _latency(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    max_rate = r.get("e2e", {}).get("single", {}).get("readings_per_s")
+    r["latency"] = latency.latency(srv, samples=s.latency_samples, cuffs=s.cuffs,
+                                   max_rate=max_rate, load_s=s.latency_load_s, fixes=fixes)
+
+
+def _rss(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["rss"] = footprint.rss(srv, cuffs=s.cuffs, seconds=s.rss_s, fixes=fixes)
+
+
+def _startup(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["startup"] = footprint.startup(srv, runs=s.startup_runs, cuffs=s.cuffs)
+
+
+def _micro(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["micro"] = micro.run()
+
+
+def _profile(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["profile"] = profile.profile(srv, cuffs=s.cuffs, out_dir=RESULTS_DIR, fixes=fixes)
+
+
+BENCHMARKS: dict[str, Bench] = {
+    "broker": _broker, "influx": _influx, "e2e": _e2e, "scaleout": _scaleout,
+    "latency": _latency, "rss": _rss, "startup": _startup, "micro": _micro,
+    "profile": _profile,
+}
+DEFAULT = ("broker", "influx", "e2e", "scaleout", "latency", "rss", "startup", "micro")
+
+
+def _status_line(t: dict[str, Any]) -> str:
+    value = "–" if t["value"] is None else f"{t['value']:,.3g}"
+    return f"  {t['status']:>7}  {t['label']}: {value} (target {t['target']:,})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks and write the results."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run of everything")
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
+                        help=f"run only NAME (repeatable): {', '.join(BENCHMARKS)}; "
+                        "profile (needs py-spy) runs only when named")
+    parser.add_argument("--fix", action="append", choices=sorted(FIXES), default=None,
+                        help="apply a proposed hot-path fix in the gateway process "
+                        "(default: those the gateway needs to run under load, if still missing)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' temp dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sizes = QUICK if args.quick else FULL
+    names = args.only or list(DEFAULT)
+    fixes = tuple(args.fix) if args.fix is not None else tuple(needed())
+    results: dict[str, Any] = {"quick": args.quick, "machine": machine_info(),
+                               "sizes": asdict(sizes),
+                               "fixes_applied": list(fixes), "errors": {}}
+    started = time.monotonic()
+    print(f"bench: {'quick' if args.quick else 'full'} run of {', '.join(names)}"
+          + (f"; gateway with fixes {', '.join(fixes)}" if fixes else ""), flush=True)
+    with servers(keep=args.keep) as srv:
+        for name in names:
+            t0 = time.monotonic()
+            print(f"bench: {name} …", flush=True)
+            try:
+                BENCHMARKS[name](srv, sizes, results, fixes)
+            except Exception as exc:  # one broken benchmark must not lose the others' figures
+                logging.exception("benchmark %s failed", name)
+                results["errors"][name] = repr(exc)
+            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    results["total_s"] = round(time.monotonic() - started, 1)
+    paths = report.write(results, args.out)
+    print(json.dumps(results.get("ratios", {})))
+    for t in results["targets"].values():
+        print(_status_line(t))
+    print("bench: wrote " + ", ".join(str(p) for p in paths) + f" in {results['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
