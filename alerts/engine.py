@@ -100,7 +100,9 @@ class _Tracked:
         self.fresh = True  # the evidence is live, not backlog: may escalate
 
     def touch(self, at_ms: int) -> None:
-        self.updated_at_ms = max(self.updated_at_ms, at_ms)
+        # strictly after the previous change: every state change is its own `alert` point
+        # (SPEC §4), and one at the same ms would overwrite the one before it in InfluxDB
+        self.updated_at_ms = max(self.updated_at_ms + 1, at_ms)
 
     def snapshot(self) -> Alert:
         who = f"{self.athlete or self.cuff} {self.limb}".strip()

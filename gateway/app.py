@@ -32,9 +32,9 @@ from gateway.decode import (
 )
 from gateway.health import Counters, GatewayCollector, HealthServer
 from gateway.model import CuffPhase
-from gateway.mqtt import MqttLink, make_ssl_context
+from gateway.mqtt import FastResult, MqttLink, make_ssl_context
 from gateway.state import CuffState, Fleet
-from gateway.topics import BadTopic, TopicKind, Topics
+from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline
 from ingest.sinks import Sink, make_sink
@@ -48,6 +48,7 @@ REJECT_LOG_INTERVAL_S = 60.0  # log a cuff's rejections at most once a minute (S
 REJECT_LOG_MAX_KEYS = 10_000  # hostile ids are unbounded; the rate limiter's memory is not
 SPOOL_FULL_RETRY_S = 0.5  # while the spool is full, hold the message (no PUBACK) and retry
 DRAIN_TIMEOUT_S = 10.0  # SIGTERM: in-flight messages and the final flush get this long
+DRAIN_POLL_S = 0.02  # the drain polls two counters owned by other tasks; cheap and rare
 
 
 class Notifier(Protocol):
@@ -121,7 +122,8 @@ class Gateway:
             keepalive_s=broker.keepalive_s,
             will=(self.topics.gateway_status(settings.instance), b"offline"),
             subscriptions=filters,
-            on_message=self._on_message,
+            on_message_fast=self._on_message_fast,
+            wait_durable=self.pipeline.wait_durable,
             on_connected=self._on_connected,
             logger=log,
         )
@@ -135,6 +137,7 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.pipeline.run(), name="cuffwatch.ingest")
+                tg.create_task(self.mqtt.ack_loop(), name="cuffwatch.ack_loop")
                 for n in self.notifiers:
                     runner = getattr(n, "run", None)
                     if runner is not None:
@@ -158,9 +161,12 @@ class Gateway:
         self._stopping.set()
 
     async def _shutdown(self) -> None:
-        log.info("stopping: draining %d in-flight message(s)", self._inflight)
+        log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT_S)
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while self.mqtt.pending_acks or not self._idle.is_set():  # noqa: ASYNC110
+                    await asyncio.sleep(DRAIN_POLL_S)
+        await self.mqtt.cancel_slow()
         if self._timer_lines:
             lines, self._timer_lines = self._timer_lines, []
             with contextlib.suppress(SpoolFull):
@@ -187,49 +193,62 @@ class Gateway:
 
     # -- the per-message path ---------------------------------------------------------------
 
-    async def _on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
-        """Handle one message; return the MQTT 5 reason code for its PUBACK (always success).
+    def _on_message_fast(self, topic: str, payload: bytes, qos: int, retain: bool) -> FastResult:
+        """Handle a message synchronously as it is parsed (the hot path; see gateway/mqtt.py).
 
-        Never raises: a raising handler would leave the message unacknowledged forever.
+        Telemetry returns the spool position of its lines: the link acknowledges the message
+        once that is fsynced. Everything else (status, assignment, acks, retained alerts, a
+        full spool) returns a coroutine: the slow path. Never raises.
         """
-        self._inflight += 1
-        self._idle.clear()
         self.counters.received += 1
-        try:
-            await self._dispatch(topic, payload, retain)
-        except Exception:
-            self.counters.internal_errors += 1
-            log.exception("internal error handling a message on %s", topic[:200])
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-        return 0
-
-    async def _dispatch(self, topic: str, payload: bytes, retain: bool) -> None:
         try:
             parsed = self.topics.parse(topic)
         except BadTopic as exc:
             self._count_reject(RejectReason.BAD_TOPIC, "", "", str(exc))
-            return
+            return None
         if parsed is None:
-            return
-        kind, team, cuff = parsed.kind, parsed.team, parsed.cuff
+            return None
+        if parsed.kind is not TopicKind.TELEMETRY:
+            return self._on_message(parsed, payload, retain)
         try:
-            if kind is TopicKind.TELEMETRY:
-                await self._telemetry(team, cuff, payload)
-            elif kind is TopicKind.STATUS:
+            lines = self._telemetry_lines(parsed.team, parsed.cuff, payload)
+        except Rejected as rej:
+            self._reject(Rejection(parsed.team, parsed.cuff, rej.reason, rej.detail, payload))
+            return None
+        if not lines:
+            return None
+        body = ("\n".join(lines) + "\n").encode()
+        try:
+            return self.pipeline.submit_nowait(body, len(lines))
+        except SpoolError:
+            return self._store(lines)  # hold the message until the spool takes it
+
+    async def _on_message(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> None:
+        """The slow path for non-telemetry messages; never raises."""
+        self._inflight += 1
+        self._idle.clear()
+        team, cuff = parsed.team, parsed.cuff
+        try:
+            if parsed.kind is TopicKind.STATUS:
                 await self._status(team, cuff, payload)
-            elif kind is TopicKind.ASSIGNMENT:
+            elif parsed.kind is TopicKind.ASSIGNMENT:
                 self._assignment(team, cuff, payload)
-            elif kind is TopicKind.ACK:
+            elif parsed.kind is TopicKind.ACK:
                 await self._ack(team, cuff, parsed.alert_kind or "", payload)
-            elif kind is TopicKind.ALERT and retain and payload:
+            elif parsed.kind is TopicKind.ALERT and retain and payload:
                 self._restore_alert(team, cuff, payload)
         except Rejected as rej:
             self._reject(Rejection(team, cuff, rej.reason, rej.detail, payload))
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("internal error handling a message for %s/%s", team, cuff)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
-    async def _telemetry(self, team: str, cuff: str, payload: bytes) -> None:
+    def _telemetry_lines(self, team: str, cuff: str, payload: bytes) -> list[str]:
+        """Validate, dedup, run the rules, publish alerts; return the lines to store."""
         state = self.fleet.lookup(team, cuff)
         raws = decode_readings(payload)
         now_s = self.clock()
@@ -258,7 +277,8 @@ class Gateway:
                 state.battery_pct = reading.battery_pct
             target = reading.target_mmhg if reading.target_mmhg is not None else params.target_mmhg
             lines.append(lineproto.telemetry_line(reading, target_mmhg=target))
-            transitions.extend(outcome.transitions)
+            if outcome.transitions:
+                transitions.extend(outcome.transitions)
             if outcome.bout is not None:
                 bouts.append(outcome.bout)
         # alerts go out before anything touches the disk: the alert path never waits on storage
@@ -267,8 +287,7 @@ class Gateway:
             lines.append(lineproto.alert_line(t))
         for b in bouts:
             lines.append(lineproto.bout_line(b))
-        if lines:
-            await self._store(lines)
+        return lines
 
     async def _store(self, lines: list[str]) -> None:
         """Make lines durable (spool group commit); hold the message while the spool is full."""
@@ -477,7 +496,7 @@ class Gateway:
             spool_bytes=float(self.spool.bytes_used),
             spool_full=float(self._spool_full),
             alerts_open=float(len(self.engine.open_alerts())),
-            inflight_messages=float(self._inflight),
+            unacked_messages=float(self.mqtt.pending_acks),
             broker_connected=float(self.mqtt.connected.is_set()),
         )
         return out

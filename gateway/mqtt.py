@@ -1,9 +1,14 @@
 """The gateway's MQTT edge on gmqtt: persistent session, acknowledgement on our terms.
 
-gmqtt runs `on_message` as a task per message and, with `optimistic_acknowledgement=False`
-on MQTT 5, sends the PUBACK only when that coroutine returns: the gateway returns once a
-reading is durable. On MQTT 3.1.1 gmqtt always acknowledges on receipt (weaker guarantee,
-documented in the README).
+Stock gmqtt runs `on_message` as a task per message and (MQTT 5, non-optimistic) sends
+each PUBACK when that task returns; on MQTT 3.1.1 it acknowledges on receipt. Both cost
+too much or promise too little, so with `on_message_fast` the link takes over QoS 1
+delivery: the handler runs synchronously as the packet is parsed (no task, no future per
+message), returns the spool position of what it stored, and one `ack_loop` waits for the
+group commit covering a whole batch of messages and then writes their PUBACKs together.
+A PUBACK therefore leaves only once the message's readings are fsynced — on MQTT 5 and
+3.1.1 alike. Acks owed on a connection that has since dropped are not sent: the broker
+redelivers those messages and the gateway drops them as duplicates.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ MAXIMUM_BACKOFF_S = 30.0
 RECEIVE_MAXIMUM = 65535
 
 MessageHandler = Callable[[str, bytes, int, bool], Awaitable[int]]
+# What a fast handler returns for a message: None (handled: acknowledge now), a spool
+# position (acknowledge once it is durable), or an awaitable (a slow path: acknowledge when
+# it completes; not acknowledged if it is cancelled, so the broker redelivers).
+FastResult = int | Awaitable[object] | None
+FastHandler = Callable[[str, bytes, int, bool], FastResult]
+DurableWaiter = Callable[[int], Awaitable[None]]
+ACK_RETRY_S = 0.5  # a failed fsync: hold the acks and wait for the disk again
 
 
 class MqttError(Exception):
@@ -72,6 +84,8 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
+        on_message_fast: FastHandler | None = None,
+        wait_durable: DurableWaiter | None = None,
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -86,6 +100,7 @@ class MqttLink:
         self._log = logger or log
         self.connected = asyncio.Event()
         self.connections = 0
+        self._closing = False
         self._backoff = backoff_delays()
         props: dict[str, Any] = {}
         if protocol == 5:
@@ -107,6 +122,19 @@ class MqttLink:
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
+        self._fast = on_message_fast
+        self._wait_durable = wait_durable
+        self._pending: list[tuple[int, int, int]] = []  # (spool position, mid, connection)
+        self._awaiting = 0  # acks in the batch whose fsync ack_loop is waiting for
+        self._acks_due = asyncio.Event()
+        self._slow: set[asyncio.Future[object]] = set()
+        if on_message_fast is not None:
+            if wait_durable is None:
+                raise ValueError("on_message_fast needs wait_durable")
+            # gmqtt 0.8.0 (pinned) has no hook for this: take over its QoS 1 delivery
+            handler = self.client._package_handler
+            handler._handle_qos_1_publish_packet = self._deliver_qos1
+            self.client.on_message = self._deliver_qos0
 
     @property
     def protocol_version(self) -> int:
@@ -166,7 +194,7 @@ class MqttLink:
         was = self.connected.is_set()
         self.connected.clear()
         self.client.reconnect_delay = next(self._backoff)
-        if was:
+        if was and not self._closing:
             self._log.warning(
                 "disconnected from %s:%s; reconnecting in %.1f s",
                 self._host,
@@ -182,6 +210,90 @@ class MqttLink:
         retain = bool(properties.get("retain", False))
         return await self._on_message(topic, payload, qos, retain)
 
+    # -- the fast path: synchronous handling, batched PUBACKs ---------------------------------
+
+    @property
+    def pending_acks(self) -> int:
+        """Messages received and not yet acknowledged (waiting for the disk or a slow path)."""
+        return len(self._pending) + self._awaiting + len(self._slow)
+
+    def _run_fast(self, topic: str, payload: bytes, qos: int, retain: bool) -> FastResult:
+        assert self._fast is not None
+        try:
+            return self._fast(topic, payload, qos, retain)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the others
+            self._log.exception("message handler failed on %s", topic[:200])
+            return None
+
+    def _deliver_qos0(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> None:
+        result = self._run_fast(topic, payload, qos, bool(properties.get("retain", False)))
+        if result is not None and not isinstance(result, int):
+            self._track(asyncio.ensure_future(result), None, self.connections)
+
+    def _deliver_qos1(
+        self, mid: int, packet: bytes, topic: str, properties: dict[str, Any]
+    ) -> None:
+        generation = self.connections
+        result = self._run_fast(topic, packet, 1, bool(properties.get("retain", False)))
+        if result is None:
+            self._puback(mid, generation)
+        elif isinstance(result, int):
+            self._pending.append((result, mid, generation))
+            self._acks_due.set()
+        else:
+            self._track(asyncio.ensure_future(result), mid, generation)
+
+    def _track(self, fut: asyncio.Future[object], mid: int | None, generation: int) -> None:
+        self._slow.add(fut)
+
+        def done(f: asyncio.Future[object]) -> None:
+            self._slow.discard(f)
+            if f.cancelled():
+                return  # not acknowledged: the broker redelivers it
+            if f.exception() is not None:
+                self._log.error("slow message handler failed: %r", f.exception())
+            if mid is not None:
+                self._puback(mid, generation)
+
+        fut.add_done_callback(done)
+
+    def _puback(self, mid: int, generation: int) -> None:
+        if generation != self.connections or not self.connected.is_set():
+            return  # that connection is gone; the broker redelivers on the new one
+        handler = self.client._package_handler
+        handler._send_puback(mid)
+
+    async def ack_loop(self) -> None:
+        """Acknowledge batches of messages once the spool has fsynced them (runs forever)."""
+        assert self._wait_durable is not None
+        while True:
+            await self._acks_due.wait()
+            self._acks_due.clear()
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, []
+            self._awaiting = len(batch)
+            top = max(position for position, _, _ in batch)
+            while True:
+                try:
+                    await self._wait_durable(top)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a failed fsync: never ack, retry
+                    self._log.error("spool not durable (%s); holding %d ack(s)", exc, len(batch))
+                    await asyncio.sleep(ACK_RETRY_S)
+            for _, mid, generation in batch:
+                self._puback(mid, generation)
+            self._awaiting = 0
+
+    async def cancel_slow(self) -> None:
+        """Cancel slow-path handlers still running at shutdown (they are redelivered)."""
+        for fut in list(self._slow):
+            fut.cancel()
+        if self._slow:
+            await asyncio.gather(*self._slow, return_exceptions=True)
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish; False if there is no connection (gmqtt resends QoS 1 on reconnect)."""
         try:
@@ -193,6 +305,7 @@ class MqttLink:
 
     async def disconnect(self) -> None:
         """Disconnect cleanly (no last will)."""
+        self._closing = True
         self.client.stop_reconnect()
         if self.client.is_connected:
             await self.client.disconnect()

@@ -137,14 +137,16 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
         await assert_every_reading_once(influxdb, "bfr", stream)
 
 
+@pytest.mark.parametrize("protocol", [5, 3])
 async def test_gateway_sigkill_mid_stream_loses_nothing(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
-    tmp_path: Path,
+    tmp_path: Path, protocol: int,
 ) -> None:
+    # MQTT 3.1.1 too: the gateway acknowledges only what is fsynced on both versions
     port = free_port()
     settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, influx_db), instance="gw-kill",
+                                spool_dir=tmp_path / "spool", teams=TEAMS, protocol=protocol,
+                                influx=v1(influxdb, influx_db), instance=f"gw-kill{protocol}",
                                 health={"host": "127.0.0.1", "port": port})
     config = write_config(tmp_path / "cuffwatch.toml", settings)
     gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()
