@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from alerts.params import RuleParams
@@ -10,9 +9,13 @@ from gateway.config import Assignment, Settings
 from gateway.decode import ReadingIn, Rejected, RejectReason
 from gateway.model import CuffPhase, Limb, Reading
 
-# QoS 1 redelivery repeats recent messages; a window of this many readings per cuff catches
-# them (a reconnect redelivers at most the broker's in-flight window) at ~100 KiB per cuff.
+# QoS 1 redelivery repeats recent messages (a reconnect redelivers the unacknowledged ones,
+# which the ack-after-fsync path keeps to a few batches); a bitmap over the last 2,048 seq
+# numbers catches them in ~300 bytes per cuff (a set of (seq, ts) tuples took ~390 KiB).
 DEDUP_WINDOW = 2048
+_WINDOW_MASK = (1 << DEDUP_WINDOW) - 1
+_SEQ_MOD = 1 << 32
+_SEQ_HALF = 1 << 31
 
 
 @dataclass(slots=True)
@@ -33,8 +36,9 @@ class CuffState:
     accepted: int = 0
     last_ts_ms: int = 0  # the last timestamp stored for this cuff
     _params: dict[tuple[str, Limb], RuleParams] = field(default_factory=dict)
-    _seen: set[tuple[int, int]] = field(default_factory=set)
-    _order: deque[tuple[int, int]] = field(default_factory=deque)
+    _high_seq: int = -1  # highest seq seen (serial arithmetic mod 2^32); -1: none yet
+    _high_ts: int = 0  # the newest device time seen
+    _seen: int = 0  # bit i set: seq (_high_seq - i) mod 2^32 was seen
 
     @property
     def athlete(self) -> str:
@@ -47,18 +51,34 @@ class CuffState:
         return self.roster_limb
 
     def is_duplicate(self, seq: int, device_ts: int) -> bool:
-        """Remember (seq, device ts); True if this exact reading was seen recently.
+        """Remember this reading; True if it is a redelivery of one seen recently.
 
-        Keyed on the device timestamp too, so a cuff that reboots and restarts its counter
-        at 0 is not mistaken for a redelivery.
+        A seq already seen counts as a redelivery only if its device time is not newer than
+        the newest seen: a cuff that reboots and restarts its counter at 0 sends newer
+        readings, and those start a fresh window instead of being dropped.
         """
-        key = (seq, device_ts)
-        if key in self._seen:
-            return True
-        self._seen.add(key)
-        self._order.append(key)
-        if len(self._order) > DEDUP_WINDOW:
-            self._seen.discard(self._order.popleft())
+        high = self._high_seq
+        if high < 0:
+            self._high_seq, self._high_ts, self._seen = seq, device_ts, 1
+            return False
+        behind = (high - seq) % _SEQ_MOD
+        if behind >= _SEQ_HALF:  # ahead of the highest: slide the window forward
+            ahead = _SEQ_MOD - behind
+            self._seen = ((self._seen << ahead) | 1) & _WINDOW_MASK if ahead < DEDUP_WINDOW else 1
+            self._high_seq = seq
+            self._high_ts = max(self._high_ts, device_ts)
+            return False
+        if behind >= DEDUP_WINDOW:
+            return False  # older than the window: stored again at worst, which is harmless
+        bit = 1 << behind
+        if self._seen & bit:
+            if device_ts <= self._high_ts:
+                return True
+            # the same seq with a newer time: the counter restarted (a reboot)
+            self._high_seq, self._high_ts, self._seen = seq, device_ts, 1
+            return False
+        self._seen |= bit
+        self._high_ts = max(self._high_ts, device_ts)
         return False
 
     def set_assignment(self, assignment: Assignment | None) -> None:
