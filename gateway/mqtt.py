@@ -41,6 +41,9 @@ FastResult = int | Awaitable[object] | None
 FastHandler = Callable[[str, bytes, int, bool], FastResult]
 DurableWaiter = Callable[[int], Awaitable[None]]
 ACK_RETRY_S = 0.5  # a failed fsync: hold the acks and wait for the disk again
+# PUBACK with remaining length 2: success, no reason code or properties (MQTT 5 §3.4.2.1
+# allows omitting them; 3.1.1 has none)
+_PUBACK = b"\x40\x02"
 
 
 class MqttError(Exception):
@@ -283,9 +286,15 @@ class MqttLink:
                 except Exception as exc:  # noqa: BLE001 - a failed fsync: never ack, retry
                     self._log.error("spool not durable (%s); holding %d ack(s)", exc, len(batch))
                     await asyncio.sleep(ACK_RETRY_S)
-            for _, mid, generation in batch:
-                self._puback(mid, generation)
+            self._puback_all([mid for _, mid, gen in batch if gen == self.connections])
             self._awaiting = 0
+
+    def _puback_all(self, mids: list[int]) -> None:
+        """Acknowledge many messages in one socket write (4-byte PUBACKs, valid on 3.1.1 and 5)."""
+        if not mids or not self.connected.is_set():
+            return
+        data = b"".join(_PUBACK + mid.to_bytes(2, "big") for mid in mids)
+        self.client._connection.send_package(data)
 
     async def cancel_slow(self) -> None:
         """Cancel slow-path handlers still running at shutdown (they are redelivered)."""
