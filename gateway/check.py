@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import tempfile
 import uuid
@@ -17,6 +19,16 @@ from gateway.mqtt import MqttError, MqttLink, make_ssl_context
 def _say(ok: bool, what: str, detail: str) -> str | None:
     print(f"{'ok  ' if ok else 'FAIL'} {what}: {detail}")
     return None if ok else f"{what}: {detail}"
+
+
+def _influx_error(status: int, body: str) -> str:
+    """InfluxDB's own error message (a missing database answers 200 with one), on one line."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        data = json.loads(body)
+        errors = [data.get("error"), *(r.get("error") for r in data.get("results", []))]
+        if found := [str(e) for e in errors if e]:
+            return "; ".join(found)
+    return f"{status} {' '.join(body.split())[:200]}"
 
 
 async def _check_broker(s: Settings, timeout_s: float) -> str | None:
@@ -34,6 +46,7 @@ async def _check_broker(s: Settings, timeout_s: float) -> str | None:
         password=b.secret_password(),
         tls=tls,
         clean_start=True,
+        reconnect=False,
     )
     try:
         await asyncio.wait_for(link.connect(retry=False), timeout_s)
@@ -60,7 +73,7 @@ async def _check_influx(s: Settings, timeout_s: float) -> str | None:
     else:
         if i.username:
             auth = aiohttp.BasicAuth(i.username, i.secret_password() or "")
-        probe = (f"{url}/query", {"db": i.database, "q": "SHOW MEASUREMENTS LIMIT 1"})
+        probe = (f"{url}/query", {"db": i.database, "q": "SHOW RETENTION POLICIES"})
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
             async with http.get(f"{url}/ping") as resp:
@@ -73,7 +86,7 @@ async def _check_influx(s: Settings, timeout_s: float) -> str | None:
                 if i.api == "v2" and resp.status == 404:
                     pass  # a v2 write endpoint without the bucket API (VictoriaMetrics)
                 elif resp.status >= 400 or '"error"' in body:
-                    return _say(False, "influx", f"{url}: {resp.status} {body[:200]}")
+                    return _say(False, "influx", f"{url}: {_influx_error(resp.status, body)}")
                 elif i.api == "v2" and f'"name":"{i.bucket}"' not in body.replace(" ", ""):
                     return _say(False, "influx", f"{url}: no bucket {i.bucket} in org {i.org}")
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -17,15 +17,19 @@ from gateway.config import ConfigError, Settings, load_settings
 log = logging.getLogger("cuffwatch")
 
 
-def setup_logging(verbose: bool = False) -> None:
+# One-shot commands say what went wrong themselves, in one line; library logs only with -v.
+QUIET_COMMANDS = frozenset({"assign", "ack", "check"})
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if not verbose:
         for noisy in ("gmqtt", "amqtt", "transitions", "apprise", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+            logging.getLogger(noisy).setLevel(logging.CRITICAL if quiet else logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -72,13 +76,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBACK
 
 
+class PublishError(Exception):
+    """assign/ack: the broker is unreachable, refused us, or did not take the message."""
+
+
 async def _publish_once(
     settings: Settings, topic: str, payload: bytes, *, retain: bool, username: str | None
 ) -> None:
-    """Connect, publish one QoS 1 message, wait for the broker's PUBACK, disconnect."""
+    """Connect, publish one QoS 1 message, wait for the broker's PUBACK, disconnect.
+
+    Raises PublishError, never SystemExit: a BaseException raised in a task stops the event
+    loop mid-step, and asyncio.run() then cancels gmqtt's unowned tasks, which log tracebacks.
+    """
     import uuid
 
-    from gateway.mqtt import MqttLink, make_ssl_context
+    from gateway.mqtt import MqttError, MqttLink, make_ssl_context
 
     b = settings.broker
     tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
@@ -92,19 +104,36 @@ async def _publish_once(
         tls=tls,
         clean_start=True,
         session_expiry_s=3600,
+        reconnect=False,
     )
-    await link.connect(retry=False)
+    try:
+        await link.connect(retry=False)
+    except MqttError as exc:
+        raise PublishError(str(exc)) from None
     try:
         link.publish(topic, payload, qos=1, retain=retain)
         storage = link.client._persistent_storage
         await asyncio.wait_for(storage.wait_empty(), PUBLISH_ACK_TIMEOUT_S)
         if not link.connected.is_set():
             # Mosquitto disconnects a client after a publish its ACL denies
-            raise SystemExit(f"the broker refused the publish to {topic} (not authorised?)")
+            raise PublishError(f"the broker refused the publish to {topic} (not authorised?)")
     except TimeoutError:
-        raise SystemExit(f"no acknowledgement from the broker for {topic}") from None
+        raise PublishError(f"no acknowledgement from the broker for {topic}") from None
     finally:
         await link.disconnect()
+
+
+def _publish(
+    command: str, settings: Settings, topic: str, payload: bytes, *, retain: bool,
+    username: str | None,
+) -> bool:
+    """Publish once; on failure say why on one line of stderr and return False."""
+    try:
+        asyncio.run(_publish_once(settings, topic, payload, retain=retain, username=username))
+    except PublishError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
@@ -130,7 +159,8 @@ def cmd_assign(args: argparse.Namespace) -> int:
         }
         assignment = Assignment.model_validate({k: v for k, v in fields.items() if v is not None})
         payload = assignment.model_dump_json(exclude_none=True).encode()
-    asyncio.run(_publish_once(settings, topic, payload, retain=True, username=args.username))
+    if not _publish("assign", settings, topic, payload, retain=True, username=args.username):
+        return 1
     print(f"{'cleared' if args.clear else 'assigned'}: {topic}")
     return 0
 
@@ -141,7 +171,8 @@ def cmd_ack(args: argparse.Namespace) -> int:
     settings = _settings(args)
     topic = Topics(settings.topic_root).ack(args.team, args.cuff, args.kind)
     payload = json.dumps({"by": args.by}).encode() if args.by else b""
-    asyncio.run(_publish_once(settings, topic, payload, retain=False, username=args.username))
+    if not _publish("ack", settings, topic, payload, retain=False, username=args.username):
+        return 1
     print(f"acknowledged: {topic}")
     return 0
 
@@ -344,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.command in QUIET_COMMANDS)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

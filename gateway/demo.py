@@ -212,6 +212,8 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
             gw.stop()
             await gw_task
     finally:
+        # the embedded broker drops its queue with it: "N messages not broadcasted" is noise
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         await broker.shutdown()
     lines = sorted((data_dir / "lines").glob("*.lp"))
     console.print(

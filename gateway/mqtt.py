@@ -68,6 +68,14 @@ def make_ssl_context(
     return ctx
 
 
+class _OneShotClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
+    """gmqtt's client without its reconnects, for one-shot connections (assign, ack, check)."""
+
+    async def reconnect(self, delay: bool = False) -> None:
+        """Do nothing: gmqtt schedules this, unowned, on every disconnect; a pending one is
+        cancelled when asyncio.run() ends and gmqtt then logs a CancelledError traceback."""
+
+
 class MqttLink:
     """One gmqtt client with a persistent session, birth/will and resubscribe on connect."""
 
@@ -91,6 +99,7 @@ class MqttLink:
         wait_durable: DurableWaiter | None = None,
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
+        reconnect: bool = True,
     ) -> None:
         self._host = host
         self._port = port
@@ -104,6 +113,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._closing = False
+        self._reconnect = reconnect
         self._backoff = backoff_delays()
         props: dict[str, Any] = {}
         if protocol == 5:
@@ -112,7 +122,8 @@ class MqttLink:
                 "receive_maximum": RECEIVE_MAXIMUM,
             }
         will_msg = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
-        self.client = gmqtt.Client(
+        client_cls = gmqtt.Client if reconnect else _OneShotClient
+        self.client = client_cls(
             client_id,
             clean_session=clean_start,
             optimistic_acknowledgement=False,
@@ -197,7 +208,9 @@ class MqttLink:
         was = self.connected.is_set()
         self.connected.clear()
         self.client.reconnect_delay = next(self._backoff)
-        if was and not self._closing:
+        if was and not self._closing and not self._reconnect:
+            self._log.debug("disconnected by %s:%s", self._host, self._port)
+        elif was and not self._closing:
             self._log.warning(
                 "disconnected from %s:%s; reconnecting in %.1f s",
                 self._host,

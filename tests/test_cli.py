@@ -1,0 +1,353 @@
+"""`cuffwatch` as users run it (SPEC §8): help, check, assign, ack, simulate and run, each as
+a real child process (`python -m gateway.cli`) against the session's Mosquitto and InfluxDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from harness import GatewayProcess, MqttProbe, gateway_settings, wait_for, write_config
+from servers import InfluxDB1Server, MosquittoServer, free_port
+
+from gateway.decode import decode_readings
+
+REPO = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT_S = 60.0  # a bound for a wedged command on a loaded box, never a performance claim
+TEAMS: dict[str, Any] = {"t1": {
+    "athletes": {"a-17": {"prescriptions": {"left_leg": {"lop_mmhg": 220, "target_pct_lop": 60}}}},
+    "cuffs": {"c7": {"athlete": "a-17", "limb": "left_leg"}},
+}}
+
+
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run `cuffwatch ARGS` from the repository root with a clean CUFFWATCH_ environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, capture_output=True,
+            text=True, env=clean | (env or {}), timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`cuffwatch {' '.join(args)}` still running after {timeout:g} s:\n"
+                    f"{exc.stdout!r}\n{exc.stderr!r}", pytrace=False)
+
+
+async def acli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`cli` off the event loop, so a test's MQTT probe keeps receiving meanwhile."""
+    return await asyncio.to_thread(cli, *args, env=env)
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert not re.search(r"^\S+ \S+ ERROR ", result.stderr, re.MULTILINE), result.stderr
+
+
+def broker_config(path: Path, broker_url: str, topic_root: str) -> Path:
+    """The smallest config assign/ack/simulate need: where the broker is, and the topic root."""
+    path.write_text(f'topic_root = "{topic_root}"\n[broker]\nurl = "{broker_url}"\n')
+    return path
+
+
+# -- help -------------------------------------------------------------------------------------
+
+HELP: dict[str, tuple[str, ...]] = {
+    "run": ("--config",),
+    "demo": ("--duration", "--cuffs", "--speed", "--port", "--no-faults", "--data-dir"),
+    "simulate": ("--config", "--broker", "--cuffs", "--teams", "--rate", "--batch", "--speed",
+                 "--duration", "--fault", "--protocol"),
+    "assign": ("--team", "--cuff", "--athlete", "--limb", "--protocol", "--lop", "--target-pct",
+               "--clear", "--username"),
+    "ack": ("--team", "--cuff", "--kind", "--by", "--username"),
+    "dashboards": ("build", "push", "--out", "--url"),
+    "query": ("bouts", "telemetry", "alerts", "--team", "--athlete", "--since", "--format"),
+    "check": ("--config", "--timeout"),
+    "broker-auth": ("--config", "--out"),
+}
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for command in HELP:
+        assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize(("command", "options"), list(HELP.items()), ids=list(HELP))
+def test_every_command_has_help_naming_its_options(command: str, options: tuple[str, ...]) -> None:
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"usage: cuffwatch {command} ")
+    missing = [o for o in options if o not in result.stdout]
+    assert not missing, f"`cuffwatch {command} --help` does not mention {missing}"
+
+
+# -- check ------------------------------------------------------------------------------------
+
+BAD_CONFIG = """\
+instance = "gw 1"
+[broker]
+url = "http://broker.example"
+[influx]
+api = "v3"
+[teams.t1.cuffs.c7]
+athlete = "a-17"
+"""
+
+
+def test_check_reports_each_config_problem_on_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD_CONFIG)
+    result = cli("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert_no_traceback(result)
+    lines = result.stdout.splitlines()
+    assert all(re.fullmatch(r"FAIL config: [\w.-]+: \S.*", line) for line in lines), lines
+    keys = [line.split(": ")[1] for line in lines]
+    assert keys == ["instance", "broker.url", "influx.api", "teams.t1.cuffs.c7.limb"]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (None, "no such file"),
+    ("[broker\nurl = 1\n", "not valid TOML"),
+], ids=["missing", "not-toml"])
+def test_check_reports_an_unreadable_config_on_one_line(
+    tmp_path: Path, text: str | None, reason: str,
+) -> None:
+    path = tmp_path / "cuffwatch.toml"
+    if text is not None:
+        path.write_text(text)
+    result = cli("check", "-c", str(path))
+    assert result.returncode == 1
+    assert_no_traceback(result)
+    assert result.stdout.startswith(f"FAIL config: {path}: {reason}"), result.stdout
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+
+
+def checked(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """`check`'s lines as {what: "ok"|"FAIL"}, every line being one of the two."""
+    out: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        match = re.fullmatch(r"(ok  |FAIL) ([\w /-]+): \S.*", line)
+        assert match, f"not a check line: {line!r}"
+        out[match[2]] = match[1].strip()
+    return out
+
+
+def test_check_passes_against_real_servers(
+    mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
+    tmp_path: Path,
+) -> None:
+    settings = gateway_settings(
+        broker_url=mosquitto.url, topic_root=topic_root, spool_dir=tmp_path / "spool",
+        teams=TEAMS, influx={"api": "v1", "url": influxdb.url, "database": influx_db},
+    )
+    config = write_config(tmp_path / "cuffwatch.toml", settings)
+    result = cli("check", "-c", str(config), "--timeout", "5")
+    assert result.stderr == ""
+    assert checked(result) == {"config": "ok", "spool": "ok", "broker": "ok", "influx": "ok"}
+    assert result.returncode == 0
+
+
+def test_check_fails_exactly_the_broken_connections(
+    influxdb: InfluxDB1Server, topic_root: str, tmp_path: Path,
+) -> None:
+    settings = gateway_settings(
+        broker_url=f"mqtt://127.0.0.1:{free_port()}", topic_root=topic_root,
+        spool_dir=tmp_path / "spool", teams=TEAMS,
+        influx={"api": "v1", "url": influxdb.url, "database": f"missing_{uuid.uuid4().hex}"},
+    )
+    config = write_config(tmp_path / "cuffwatch.toml", settings)
+    result = cli("check", "-c", str(config), "--timeout", "2")
+    assert_no_traceback(result)
+    assert checked(result) == {"config": "ok", "spool": "ok", "broker": "FAIL", "influx": "FAIL"}
+    assert "database not found" in result.stdout
+    assert result.returncode == 1
+
+
+# -- assign and ack ----------------------------------------------------------------------------
+
+
+async def retained(broker: MosquittoServer, topic: str, **auth: Any) -> list[tuple[bytes, bool]]:
+    """What a new subscriber to topic gets: retained messages arrive before a later marker."""
+    marker = f"{topic}/marker-{uuid.uuid4().hex}"
+    async with MqttProbe(broker.host, broker.port, **auth) as probe:
+        await probe.subscribe(topic, marker)
+        probe.publish(marker, b"x")
+        await wait_for(lambda: probe.messages.get(marker), what="the marker message")
+        return list(probe.messages.get(topic, []))
+
+
+async def test_assign_publishes_a_retained_assignment_and_clear_removes_it(
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
+) -> None:
+    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root)
+    topic = f"{topic_root}/t1/cuffs/c7/assignment"
+    result = await acli("assign", "-c", str(config), "--team", "t1", "--cuff", "c7",
+                        "--athlete", "a-17", "--limb", "left_leg", "--protocol", "bfr",
+                        "--lop", "220", "--target-pct", "60", "--max-bout-s", "900")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"assigned: {topic}\n"
+    assert result.stderr == ""  # a one-shot command prints its result, no log chatter
+    [(payload, was_retained)] = await retained(mosquitto, topic)
+    assert was_retained
+    assert json.loads(payload) == {"athlete": "a-17", "limb": "left_leg", "protocol": "bfr",
+                                   "lop_mmhg": 220.0, "target_pct_lop": 60.0, "max_bout_s": 900.0}
+
+    result = await acli("assign", "-c", str(config), "--team", "t1", "--cuff", "c7", "--clear")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"cleared: {topic}"
+    assert await retained(mosquitto, topic) == []
+
+
+async def test_ack_publishes_who_acknowledged_without_retaining_it(
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
+) -> None:
+    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root)
+    topic = f"{topic_root}/t1/alerts/c7/over_pressure/ack"
+    async with MqttProbe(mosquitto.host, mosquitto.port) as staff:
+        await staff.subscribe(f"{topic_root}/#")
+        result = await acli("ack", "-c", str(config), "--team", "t1", "--cuff", "c7",
+                            "--kind", "over_pressure", "--by", "Sam Coach")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"acknowledged: {topic}\n"
+        assert result.stderr == ""
+        await wait_for(lambda: staff.messages.get(topic), what="the ack")
+        assert staff.json(topic) == [{"by": "Sam Coach"}]
+        assert list(staff.messages) == [topic]
+    assert await retained(mosquitto, topic) == []
+
+
+async def test_assign_refused_by_the_broker_acl_fails_clearly(
+    make_mosquitto: Callable[..., MosquittoServer], tmp_path: Path,
+) -> None:
+    broker = make_mosquitto(
+        users={"staff-t1": "pw-staff", "coach": "pw-coach"},
+        acl="user staff-t1\ntopic read bfr/#\n\nuser coach\ntopic readwrite bfr/#\n",
+    )
+    config = broker_config(tmp_path / "cuffwatch.toml", broker.url, "bfr")
+    args = ("assign", "-c", str(config), "--team", "t1", "--cuff", "c7", "--athlete", "a-17")
+    topic = "bfr/t1/cuffs/c7/assignment"
+
+    denied = await acli(*args, "--username", "staff-t1",
+                        env={"CUFFWATCH_BROKER__PASSWORD": "pw-staff"})
+    assert denied.returncode != 0
+    assert_no_traceback(denied)
+    assert denied.stdout == ""
+    [line] = denied.stderr.splitlines()  # one clear line, no gmqtt chatter before it
+    assert line.startswith("assign: "), line
+    assert "refused" in line
+    assert topic in line
+    coach = {"username": "coach", "password": "pw-coach"}
+    assert await retained(broker, topic, **coach) == []
+
+    # the same command with a user the ACL lets write: the refusal was the ACL's
+    allowed = await acli(*args, "--username", "coach",
+                         env={"CUFFWATCH_BROKER__PASSWORD": "pw-coach"})
+    assert allowed.returncode == 0, allowed.stderr
+    [(payload, _)] = await retained(broker, topic, **coach)
+    assert json.loads(payload) == {"athlete": "a-17"}
+
+    wrong = await acli(*args, "--username", "coach", env={"CUFFWATCH_BROKER__PASSWORD": "nope"})
+    assert wrong.returncode == 1
+    assert_no_traceback(wrong)
+    [line] = wrong.stderr.splitlines()
+    assert line.startswith("assign: "), line
+    assert "refused" in line
+
+
+@pytest.mark.parametrize("command", [
+    ("assign", "--team", "t1", "--cuff", "c7", "--athlete", "a-17"),
+    ("ack", "--team", "t1", "--cuff", "c7", "--kind", "over_pressure"),
+], ids=["assign", "ack"])
+def test_publishing_to_an_unreachable_broker_fails_in_one_line(
+    command: tuple[str, ...], tmp_path: Path,
+) -> None:
+    config = broker_config(tmp_path / "cuffwatch.toml", f"mqtt://127.0.0.1:{free_port()}", "bfr")
+    result = cli(command[0], "-c", str(config), *command[1:])
+    assert result.returncode == 1
+    assert_no_traceback(result)
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{command[0]}: cannot reach 127.0.0.1:"), line
+
+
+# -- simulate -----------------------------------------------------------------------------------
+
+
+async def test_simulate_publishes_each_cuffs_readings_then_goes_offline(
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
+) -> None:
+    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root)
+    cuffs = [f"{topic_root}/t1/cuffs/c00{n}" for n in (1, 2, 3)]
+    async with MqttProbe(mosquitto.host, mosquitto.port) as probe:
+        await probe.subscribe(f"{topic_root}/#")
+        result = await acli("simulate", "-c", str(config), "--duration", "3", "--cuffs", "3")
+        assert result.returncode == 0, result.stderr
+        assert_no_traceback(result)
+        await wait_for(lambda: all(probe.messages.get(f"{c}/status", [(b"", False)])[-1][0]
+                                   == b"offline" for c in cuffs), what="every cuff offline")
+    assert set(probe.messages) == {f"{c}/{leaf}" for c in cuffs for leaf in ("status", "telemetry")}
+    for cuff in cuffs:
+        readings = [r for payload, _ in probe.messages[f"{cuff}/telemetry"]
+                    for r in decode_readings(payload)]
+        assert readings, cuff
+        seqs = [r.seq for r in readings]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == len(seqs)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (("--teams", "5", "--cuffs", "2"), ("teams", "5")),
+    (("--cuffs", "2", "--fault", "over_pressure:c999@1s"), ("c999",)),
+], ids=["teams-over-cuffs", "fault-on-unknown-cuff"])
+def test_simulate_refuses_bad_options_in_one_line(
+    args: tuple[str, ...], names: tuple[str, ...],
+) -> None:
+    # no broker is involved: the options are checked before anything connects
+    result = cli("simulate", "--duration", "1", *args)
+    assert result.returncode == 2
+    assert_no_traceback(result)
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("simulate: "), line
+    assert all(name in line for name in names), line
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+async def test_run_serves_readyz_and_exits_0_on_sigterm(
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
+                                spool_dir=tmp_path / "spool", teams=TEAMS,
+                                health={"host": "127.0.0.1", "port": port})
+    config = write_config(tmp_path / "cuffwatch.toml", settings)
+    gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()  # /readyz 200
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/healthz"
+        ) as resp:
+            assert resp.status == 200
+        assert await gw.terminate() == 0
+    finally:
+        gw.kill()
+    log = gw.log_path.read_text()
+    assert "Traceback" not in log, log
+    assert " ERROR " not in log, log
