@@ -37,6 +37,7 @@ log = logging.getLogger("cuffwatch.demo")
 DEMO_TEAMS = 2
 TABLE_REFRESH_PER_S = 4
 RECENT_ALERTS = 8  # alert lines kept under the live table
+PIPED_WIDTH = 140  # rich assumes 80 columns without a terminal, which truncates every cell
 
 
 def _free_port() -> int:
@@ -69,7 +70,9 @@ class SquadTable:
         self.recent: deque[Text] = deque(maxlen=RECENT_ALERTS)
 
     def submit(self, transition: Transition) -> None:
-        self.recent.append(format_transition(transition))
+        line = format_transition(transition)
+        line.no_wrap, line.overflow = True, "ellipsis"  # a wrapped line garbles the live view
+        self.recent.append(line)
 
     def __rich__(self) -> Group:
         table = Table(title="cuffwatch demo — squad live", title_justify="left", expand=False)
@@ -224,6 +227,8 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
+    if not console.is_terminal:  # piped or logged: wide enough for the table's columns
+        console = Console(highlight=False, width=PIPED_WIDTH)
     # the live table is the interface; keep library chatter out of it
     logging.getLogger().setLevel(logging.WARNING)
     try:
