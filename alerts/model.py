@@ -111,25 +111,52 @@ class Alert:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Alert:
-        """Inverse of `to_dict` (used to restore open alerts from retained messages)."""
+    def from_dict(cls, d: Any) -> Alert:
+        """Inverse of `to_dict`; ValueError or TypeError for anything `to_dict` would not write."""
+        if not isinstance(d, dict):
+            raise TypeError("an alert is a JSON object")
+
+        def text(key: str) -> str:
+            value = d.get(key)
+            if not isinstance(value, str):
+                raise TypeError(f"alert {key} must be a string")
+            return value
+
+        def opt_text(key: str) -> str | None:
+            return None if d.get(key) is None else text(key)
+
+        def number(key: str) -> float | None:
+            value = d.get(key)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"alert {key} must be a number")
+            return float(value)
+
+        escalated = d.get("escalated", False)
+        if not isinstance(escalated, bool):
+            raise TypeError("alert escalated must be a boolean")
+        try:
+            severity = Severity.parse(text("severity"))
+        except KeyError:
+            raise ValueError("unknown alert severity") from None
         return cls(
-            id=str(d["id"]),
-            team=str(d["team"]),
-            cuff=str(d["cuff"]),
-            athlete=str(d.get("athlete") or ""),
-            limb=str(d.get("limb") or ""),
-            kind=AlertKind(d["kind"]),
-            severity=Severity.parse(d["severity"]),
-            state=AlertState(d["state"]),
-            value=None if d.get("value") is None else float(d["value"]),
-            threshold=None if d.get("threshold") is None else float(d["threshold"]),
-            unit=d.get("unit"),
-            message=str(d.get("message") or ""),
-            started_at_ms=parse_iso_ms(d["started_at"]),
-            updated_at_ms=parse_iso_ms(d["updated_at"]),
-            acknowledged_by=d.get("acknowledged_by"),
-            escalated=bool(d.get("escalated", False)),
+            id=text("id"),
+            team=text("team"),
+            cuff=text("cuff"),
+            athlete=opt_text("athlete") or "",
+            limb=opt_text("limb") or "",
+            kind=AlertKind(text("kind")),
+            severity=severity,
+            state=AlertState(text("state")),
+            value=number("value"),
+            threshold=number("threshold"),
+            unit=opt_text("unit"),
+            message=opt_text("message") or "",
+            started_at_ms=parse_iso_ms(text("started_at")),
+            updated_at_ms=parse_iso_ms(text("updated_at")),
+            acknowledged_by=opt_text("acknowledged_by"),
+            escalated=escalated,
         )
 
 

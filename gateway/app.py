@@ -142,7 +142,16 @@ class Gateway:
                     runner = getattr(n, "run", None)
                     if runner is not None:
                         tg.create_task(runner(), name=f"cuffwatch.notify[{type(n).__name__}]")
-                await self.mqtt.connect()
+                connecting = tg.create_task(self.mqtt.connect(), name="cuffwatch.connect")
+                stopping = tg.create_task(self._stopping.wait(), name="cuffwatch.stop_wait")
+                await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not connecting.done():  # stop() while the broker refuses or is away
+                    connecting.cancel()
+                    await self.mqtt.disconnect()
+                    await self.pipeline.aclose(DRAIN_TIMEOUT_S)
+                    raise _Stopped  # noqa: TRY301
+                stopping.cancel()
+                tg.create_task(self.mqtt.supervise(), name="cuffwatch.mqtt_supervisor")
                 tg.create_task(self._tick_loop(), name="cuffwatch.alert_ticker")
                 tg.create_task(self._stats_loop(), name="cuffwatch.stats")
                 tg.create_task(self._timer_store_loop(), name="cuffwatch.timer_store")
@@ -201,6 +210,14 @@ class Gateway:
         full spool) returns a coroutine: the slow path. Never raises.
         """
         self.counters.received += 1
+        try:
+            return self._handle_fast(topic, payload, retain)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("internal error handling a message on %s", topic[:200])
+            return None
+
+    def _handle_fast(self, topic: str, payload: bytes, retain: bool) -> FastResult:
         try:
             parsed = self.topics.parse(topic)
         except BadTopic as exc:
@@ -358,7 +375,7 @@ class Gateway:
         if payload.strip():
             try:
                 obj = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise Rejected(RejectReason.INVALID_STATUS, "ack is not valid JSON") from None
             if isinstance(obj, dict) and isinstance(obj.get("by"), str):
                 by = obj["by"][:64]
@@ -368,7 +385,7 @@ class Gateway:
     def _restore_alert(self, team: str, cuff: str, payload: bytes) -> None:
         try:
             alert = Alert.from_dict(json.loads(payload))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             log.warning("%s/%s: ignoring an unreadable retained alert", team, cuff)
             return
         if alert.team == team and alert.cuff == cuff and alert.state is not AlertState.RESOLVED:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import tempfile
 import uuid
 from pathlib import Path
@@ -46,7 +47,6 @@ async def _check_broker(s: Settings, timeout_s: float) -> str | None:
         password=b.secret_password(),
         tls=tls,
         clean_start=True,
-        reconnect=False,
     )
     try:
         await asyncio.wait_for(link.connect(retry=False), timeout_s)
@@ -75,7 +75,13 @@ async def _check_influx(s: Settings, timeout_s: float) -> str | None:
             auth = aiohttp.BasicAuth(i.username, i.secret_password() or "")
         probe = (f"{url}/query", {"db": i.database, "q": "SHOW RETENTION POLICIES"})
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+        ssl_option: ssl.SSLContext | bool = True
+        if url.startswith("https://"):
+            ssl_option = ssl.create_default_context(cafile=i.ca_file) if i.verify_ssl else False
+        connector = aiohttp.TCPConnector(ssl=ssl_option)
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), connector=connector
+        ) as http:
             async with http.get(f"{url}/ping") as resp:
                 if resp.status >= 400:
                     return _say(False, "influx", f"{url}/ping answered {resp.status}")

@@ -28,8 +28,11 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        for noisy in ("gmqtt", "amqtt", "transitions", "apprise", "aiohttp.access"):
+        for noisy in ("gmqtt", "amqtt", "transitions", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL if quiet else logging.WARNING)
+    # apprise and urllib3 log whole URLs at DEBUG and INFO; a route's tokens live in its path
+    for leaky in ("apprise", "urllib3"):
+        logging.getLogger(leaky).setLevel(logging.CRITICAL if quiet else logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -74,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBACK
+REFUSAL_GRACE_S = 0.3  # Mosquitto drops a client right after acking a publish its ACL denies
 
 
 class PublishError(Exception):
@@ -104,7 +108,6 @@ async def _publish_once(
         tls=tls,
         clean_start=True,
         session_expiry_s=3600,
-        reconnect=False,
     )
     try:
         await link.connect(retry=False)
@@ -114,7 +117,8 @@ async def _publish_once(
         link.publish(topic, payload, qos=1, retain=retain)
         storage = link.client._persistent_storage
         await asyncio.wait_for(storage.wait_empty(), PUBLISH_ACK_TIMEOUT_S)
-        if not link.connected.is_set():
+        # MQTT 5 says no in the PUBACK; on 3.1.1 Mosquitto only drops the connection
+        if link.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
             # Mosquitto disconnects a client after a publish its ACL denies
             raise PublishError(f"the broker refused the publish to {topic} (not authorised?)")
     except TimeoutError:

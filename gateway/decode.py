@@ -10,11 +10,22 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from gateway.model import Limb
 
@@ -22,6 +33,12 @@ MAX_PAYLOAD_BYTES = 64 * 1024  # SPEC §2: larger messages are rejected unread
 MAX_READINGS_PER_MESSAGE = 256
 REJECTED_ECHO_BYTES = 1024  # the rejected topic echoes at most 1 KiB of the payload
 SEQ_MODULUS = 1 << 32
+# 9999-12-31T23:59:59.999Z: an int `ts` spans what an RFC 3339 one can, and no int arithmetic
+# on it (skew, lag) can leave int64 or overflow a float
+MAX_TS_MS = 253_402_300_799_999
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?"
+)
 
 
 class RejectReason(enum.StrEnum):
@@ -50,12 +67,23 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def _rfc3339_only(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
+    # strict pydantic would also read "1795000000" as a datetime (in seconds): SPEC says RFC 3339
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be epoch ms or an RFC 3339 date-time")
+    parsed: datetime = handler(value)
+    return parsed
+
+
+Rfc3339 = Annotated[AwareDatetime, Strict(False), WrapValidator(_rfc3339_only)]
+
+
 class ReadingIn(BaseModel):
     """One reading object as a cuff sends it (SPEC §2); unknown fields are ignored."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
-    ts: int | AwareDatetime
+    ts: Annotated[int, Field(ge=0, le=MAX_TS_MS)] | Rfc3339
     seq: Annotated[int, Field(ge=0, lt=SEQ_MODULUS)]
     pressure_mmhg: float
     elapsed_s: Annotated[float, Field(ge=0)]
@@ -94,7 +122,7 @@ def _describe(exc: ValidationError) -> tuple[RejectReason, str]:
     if first["type"] == "model_type" or first["type"] == "model_attributes_type":
         return RejectReason.INVALID_READING, "a reading must be a JSON object"
     # a union (ts: int | datetime) reports one error per member: describe the last member's
-    union_members = ("int", "datetime")
+    union_members = ("constrained-int", "function-wrap[_rfc3339_only()]")
     field_loc = tuple(p for p in first["loc"] if p not in union_members)
     same_field = [
         e for e in errors if tuple(p for p in e["loc"] if p not in union_members) == field_loc

@@ -14,6 +14,7 @@ redelivers those messages and the gateway drops them as duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -40,6 +41,7 @@ MessageHandler = Callable[[str, bytes, int, bool], Awaitable[int]]
 FastResult = int | Awaitable[object] | None
 FastHandler = Callable[[str, bytes, int, bool], FastResult]
 DurableWaiter = Callable[[int], Awaitable[None]]
+CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK; a broker slower than this is treated as down
 ACK_RETRY_S = 0.5  # a failed fsync: hold the acks and wait for the disk again
 # PUBACK with remaining length 2: success, no reason code or properties (MQTT 5 §3.4.2.1
 # allows omitting them; 3.1.1 has none)
@@ -48,6 +50,10 @@ _PUBACK = b"\x40\x02"
 
 class MqttError(Exception):
     """The broker could not be reached or refused us."""
+
+
+class _LostError(Exception):
+    """The connection closed before the broker's CONNACK."""
 
 
 def backoff_delays(initial: float = INITIAL_BACKOFF_S, cap: float = MAXIMUM_BACKOFF_S) -> Any:
@@ -68,12 +74,20 @@ def make_ssl_context(
     return ctx
 
 
-class _OneShotClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
-    """gmqtt's client without its reconnects, for one-shot connections (assign, ack, check)."""
+class _Client(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
+    """gmqtt's client with its reconnects handed to us (`MqttLink.supervise`).
+
+    gmqtt schedules `reconnect()` as an unowned task on every lost connection and keepalive
+    failure; such a task can outlive a stop, dial again after it, and when cancelled at exit
+    it logs a CancelledError traceback. Here it only reports the loss.
+    """
+
+    on_lost: Callable[[], None] | None = None
 
     async def reconnect(self, delay: bool = False) -> None:
-        """Do nothing: gmqtt schedules this, unowned, on every disconnect; a pending one is
-        cancelled when asyncio.run() ends and gmqtt then logs a CancelledError traceback."""
+        """Report the lost connection; the link's supervisor reconnects (with backoff)."""
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 class MqttLink:
@@ -99,7 +113,6 @@ class MqttLink:
         wait_durable: DurableWaiter | None = None,
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
-        reconnect: bool = True,
     ) -> None:
         self._host = host
         self._port = port
@@ -113,7 +126,6 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._closing = False
-        self._reconnect = reconnect
         self._backoff = backoff_delays()
         props: dict[str, Any] = {}
         if protocol == 5:
@@ -122,8 +134,8 @@ class MqttLink:
                 "receive_maximum": RECEIVE_MAXIMUM,
             }
         will_msg = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
-        client_cls = gmqtt.Client if reconnect else _OneShotClient
-        self.client = client_cls(
+        self._lost = asyncio.Event()
+        self.client = _Client(
             client_id,
             clean_session=clean_start,
             optimistic_acknowledgement=False,
@@ -133,6 +145,18 @@ class MqttLink:
         )
         if username:
             self.client.set_auth_credentials(username, password)
+        self.client.on_lost = self._on_lost
+        self.refused_publishes = 0  # PUBACKs with a failure reason code (MQTT 5)
+        handler = self.client._package_handler
+        plain_puback = handler._handle_puback_packet
+
+        def puback(cmd: int, packet: bytes) -> None:
+            # gmqtt 0.8.0 ignores the reason code (MQTT 5 §3.4.2.1); a refusal must be seen
+            if len(packet) > 2 and packet[2] >= 0x80:
+                self.refused_publishes += 1
+            plain_puback(cmd, packet)
+
+        handler._handle_puback_packet = puback
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
@@ -155,18 +179,12 @@ class MqttLink:
         return 5 if self._version == MQTTv50 else 3
 
     async def connect(self, *, retry: bool = True) -> None:
-        """Connect, retrying with jittered backoff while `retry`; gmqtt reconnects after that."""
+        """Connect, retrying with jittered backoff while `retry`; `supervise()` keeps it up."""
         while True:
             try:
-                await self.client.connect(
-                    self._host,
-                    self._port,
-                    ssl=self._tls,
-                    keepalive=self._keepalive,
-                    version=self._version,
-                )
+                await self._attempt()
                 return
-            except (TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError, _LostError) as exc:
                 if not retry:
                     raise MqttError(f"cannot reach {self._host}:{self._port}: {exc}") from exc
                 delay = next(self._backoff)
@@ -174,19 +192,79 @@ class MqttLink:
                     "broker %s:%s unreachable (%s); retrying in %.1f s",
                     self._host,
                     self._port,
-                    exc,
+                    exc or type(exc).__name__,
                     delay,
                 )
+                with contextlib.suppress(Exception):
+                    await self.client._disconnect()
                 await asyncio.sleep(delay)
             except Exception as exc:
                 # gmqtt raises its own errors for refusals (bad credentials, not authorised)
                 raise MqttError(f"broker {self._host}:{self._port} refused us: {exc}") from exc
 
+    async def _attempt(self) -> None:
+        """One connection attempt: CONNACK, or the connection lost, or a timeout."""
+        self._lost.clear()
+        attempt = asyncio.ensure_future(
+            self.client.connect(
+                self._host,
+                self._port,
+                ssl=self._tls,
+                keepalive=self._keepalive,
+                version=self._version,
+            )
+        )
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {attempt, lost}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lost.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+        if attempt in done:
+            attempt.result()  # raises what the connect raised
+            return
+        if lost in done:
+            # e.g. a TLS listener that wants a client certificate closes after the handshake
+            raise _LostError("the broker closed the connection")
+        raise TimeoutError(f"no CONNACK within {CONNECT_TIMEOUT_S:g} s")
+
+    def _on_lost(self) -> None:
+        if not self._closing:
+            self._lost.set()
+
+    async def supervise(self) -> None:
+        """Reconnect after every lost connection, with jittered backoff (runs forever).
+
+        Start it once `connect()` has succeeded: it is then the only one dialling.
+        """
+        while True:
+            await self._lost.wait()
+            self._lost.clear()
+            if self._closing:
+                return
+            if self.connected.is_set():
+                continue  # a late report about a connection already replaced
+            with contextlib.suppress(Exception):  # the old connection is gone or going
+                await self.client._disconnect()
+            delay = next(self._backoff)
+            self._log.warning(
+                "disconnected from %s:%s; reconnecting in %.1f s", self._host, self._port, delay
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self.connect()
+            except MqttError as exc:  # refused (credentials, ACL): keep trying, slowly
+                self._log.error("%s", exc)
+                self._lost.set()
+
     def _handle_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         self.connections += 1
         self._backoff = backoff_delays()
-        # gmqtt's own reconnect waits reconnect_delay; we jitter it on every disconnect
-        self.client.reconnect_delay = INITIAL_BACKOFF_S
         session_present = bool(flags)
         if self._subscriptions:
             subs = [gmqtt.Subscription(t, qos=1) for t in self._subscriptions]
@@ -205,18 +283,8 @@ class MqttLink:
     def _handle_disconnect(
         self, client: Any, packet: Any, exc: BaseException | None = None
     ) -> None:
-        was = self.connected.is_set()
         self.connected.clear()
-        self.client.reconnect_delay = next(self._backoff)
-        if was and not self._closing and not self._reconnect:
-            self._log.debug("disconnected by %s:%s", self._host, self._port)
-        elif was and not self._closing:
-            self._log.warning(
-                "disconnected from %s:%s; reconnecting in %.1f s",
-                self._host,
-                self._port,
-                self.client.reconnect_delay,
-            )
+        self._on_lost()
 
     async def _handle_message(
         self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
@@ -325,9 +393,18 @@ class MqttLink:
             self._log.debug("publish to %s failed: %s", topic, exc)
             return False
 
+    async def lost_within(self, seconds: float) -> bool:
+        """Whether the connection drops within `seconds` (a broker's answer to a refusal)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), seconds)
+        return not self.connected.is_set()
+
     async def disconnect(self) -> None:
-        """Disconnect cleanly (no last will)."""
+        """Disconnect cleanly (no last will) and stop reconnecting."""
         self._closing = True
-        self.client.stop_reconnect()
-        if self.client.is_connected:
+        self._lost.set()  # wakes the supervisor, which sees _closing and returns
+        try:
+            # also when not connected: marks the client inactive
             await self.client.disconnect()
+        except OSError as exc:  # e.g. a TLS close_notify race: we are leaving anyway
+            self._log.debug("disconnect from %s:%s: %s", self._host, self._port, exc)

@@ -82,7 +82,7 @@ class SpoolError(Exception):
     """The spool cannot do what was asked (I/O error, closed, directory in use)."""
 
 
-class SpoolFull(SpoolError):  # noqa: N818 -- the contract's name (SPEC §4 "spool full")
+class SpoolFull(SpoolError):
     """No room for the record under `max_bytes` (or on the disk): the caller must hold it."""
 
     def __init__(self, needed: int, used: int, max_bytes: int) -> None:
