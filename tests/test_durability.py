@@ -139,7 +139,7 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
 
 @pytest.mark.parametrize("protocol", [5, 3])
 async def test_gateway_sigkill_mid_stream_loses_nothing(
-    mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
+    *, mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path, protocol: int,
 ) -> None:
     # MQTT 3.1.1 too: the gateway acknowledges only what is fsynced on both versions

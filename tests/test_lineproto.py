@@ -295,7 +295,7 @@ HOSTILE_NAMES = [
 
 
 def _select_one(influxdb: InfluxDB1Server, db: str, measurement: str, ts: int) -> dict[str, Any]:
-    query = f'SELECT * FROM "{measurement}" WHERE time = {ts}ms'  # noqa: S608 -- our own constants
+    query = f'SELECT * FROM "{measurement}" WHERE time = {ts}ms'
     rows = influxdb.query(db, query)
     assert len(rows) == 1, rows
     return rows[0]
