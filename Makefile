@@ -29,7 +29,8 @@ $(EDITABLE_STAMP): pyproject.toml $(LOCK_STAMP)
 	touch $@
 
 # pytest's exit code 5 (no tests collected) fails the target like any other non-zero code.
-test: venv
+# Lint runs first: ruff and mypy strict are part of what CI holds the tree to.
+test: venv lint
 	scripts/ensure-services
 	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if ((status == 5)); then echo "make test: pytest collected no tests" >&2; fi; \
@@ -40,7 +41,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway alerts ingest dashboards tests
+	$(BIN)/mypy gateway alerts ingest dashboards tests bench
 
 bench: venv
 	$(BIN)/python -m bench
