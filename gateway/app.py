@@ -36,7 +36,7 @@ from gateway.mqtt import FastResult, MqttLink, make_ssl_context
 from gateway.state import CuffState, Fleet
 from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from ingest import lineproto
-from ingest.pipeline import IngestPipeline
+from ingest.pipeline import IngestPipeline, PipelineState
 from ingest.sinks import Sink, make_sink
 from ingest.spool import Spool, SpoolError, SpoolFull
 
@@ -315,8 +315,6 @@ class Gateway:
                 if self._spool_full:
                     self._spool_full = False
                     log.warning("spool has room again; accepting messages")
-                if self.status == "degraded":
-                    self._set_status("online")
                 return
             except SpoolError as exc:
                 if not isinstance(exc, SpoolFull):
@@ -422,6 +420,10 @@ class Gateway:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             transitions = self.engine.tick()
+            if self.mqtt.connected.is_set():
+                # degraded: storage is not keeping up (spool at its cap, or InfluxDB failing)
+                failing = self.pipeline.state is PipelineState.FAILING
+                self._set_status("degraded" if self._spool_full or failing else "online")
             now = self.clock()
             for state in self.fleet.cuffs.values():
                 if state.phase is CuffPhase.INFLATED:

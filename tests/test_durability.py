@@ -124,7 +124,9 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
     settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
                                 spool_dir=tmp_path / "spool", teams=TEAMS,
                                 influx=v1(influxdb, "bfr"))
+    status = f"{topic_root}/_gateway/{settings.instance}/status"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        await dev.subscribe(status)
         stream = Stream(dev, topic_root)
         await stream.send(20)
         influxdb.kill()
@@ -132,9 +134,13 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
         await stream.acked()
         await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
         await wait_for(lambda: gw.pipeline.stats()["failed_batches"], what="a failed batch")
+        await wait_for(lambda: dev.messages[status][-1][0] == b"degraded",
+                       what="status degraded while InfluxDB is down")
         await asyncio.to_thread(influxdb.start)
         await stream.send(20)
         await assert_every_reading_once(influxdb, "bfr", stream)
+        await wait_for(lambda: dev.messages[status][-1][0] == b"online",
+                       what="status online again")
 
 
 @pytest.mark.parametrize("protocol", [5, 3])
