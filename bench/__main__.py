@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, footprint, latency, micro, profile, report, throughput
+from bench import ceilings, footprint, latency, micro, profile, report, soak, throughput
 from bench.gateway_shim import FIXES, needed
 from bench.infra import LOAD_TEAMS, Servers, machine_info, servers
 
@@ -103,12 +103,16 @@ def _profile(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) 
     r["profile"] = profile.profile(srv, cuffs=s.cuffs, out_dir=RESULTS_DIR, fixes=fixes)
 
 
+def _soak(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+    r["soak"] = soak.soak(srv, quick=r["quick"], fixes=fixes)
+
+
 BENCHMARKS: dict[str, Bench] = {
     "broker": _broker, "influx": _influx, "e2e": _e2e, "scaleout": _scaleout,
     "latency": _latency, "rss": _rss, "startup": _startup, "micro": _micro,
-    "profile": _profile,
+    "profile": _profile, "soak": _soak,
 }
-DEFAULT = ("broker", "influx", "e2e", "scaleout", "latency", "rss", "startup", "micro")
+DEFAULT = ("broker", "influx", "e2e", "scaleout", "latency", "rss", "startup", "micro", "soak")
 
 
 def _status_line(t: dict[str, Any]) -> str:

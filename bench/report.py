@@ -19,6 +19,7 @@ class Target:
     get: Callable[[dict[str, Any]], float | None]
     bar: float
     higher_is_better: bool
+    exact: bool = False  # pass only at exactly `bar` (a count that must be 0)
 
     def judge(self, results: dict[str, Any]) -> dict[str, Any]:
         """Measured value and pass/miss (None when the figure was not measured)."""
@@ -26,6 +27,8 @@ class Target:
         if value is None:
             return {"label": self.label, "value": None, "target": self.bar, "status": "not run"}
         ok = value >= self.bar if self.higher_is_better else value < self.bar
+        if self.exact:
+            ok = value == self.bar
         return {"label": self.label, "value": value, "unit": self.unit, "target": self.bar,
                 "status": "pass" if ok else "miss"}
 
@@ -74,6 +77,8 @@ TARGETS = (
            lambda r: _dig(r, "rss", "peak_mb"), 200.0, False),
     Target("startup_ready", "start-up to /readyz 200 (median)", "s",
            lambda r: _dig(r, "startup", "median_s"), 1.0, False),
+    Target("soak_lost", "soak: readings lost across 5 injected faults", "readings",
+           lambda r: _dig(r, "soak", "lost"), 0, False, exact=True),
 )
 
 
@@ -105,6 +110,7 @@ def markdown(results: dict[str, Any]) -> str:
         for target in TARGETS:
             if target.label == t["label"]:
                 comparator = "≥" if target.higher_is_better else "<"
+                comparator = "=" if target.exact else comparator
         lines.append(f"| {t['label']} | {_fmt(t['value'])} | {comparator} {_fmt(t['target'])} "
                      f"| {t['status']} |")
     rows = (
@@ -118,6 +124,8 @@ def markdown(results: dict[str, Any]) -> str:
         ("end to end, readings/s, 2 gateways by team", ("scaleout", "readings_per_s")),
         ("alert latency p50 / max, idle (ms)", ("latency", "idle", "p50_ms")),
         ("alert latency p50 / max, half load (ms)", ("latency", "half_load", "p50_ms")),
+        ("soak: readings/s sustained, 200 cuffs, QoS 1, 5 faults", ("soak", "readings_per_s")),
+        ("soak: slowest catch-up after a fault (s)", ("soak", "recovery_max_s")),
     )
     lines += ["", "| context | measured |", "| --- | ---: |"]
     for label, path in rows:

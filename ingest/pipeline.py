@@ -55,7 +55,7 @@ BUFFER_BATCHES = 2
 # Replay reads about this much from the spool at a time: a few batches, bounded memory.
 REPLAY_READ_BYTES = 4 << 20
 RETRY_INITIAL_S = 0.5  # first retry after a failed write: a restarting InfluxDB is back soon
-RETRY_MAX_S = 30.0  # backoff cap: a recovering server gets at most one probe per 30 s per gateway
+RETRY_MAX_S = 5.0  # backoff cap: dashboards catch up within ~5 s of InfluxDB coming back (soak)
 # Credentials or a missing database need a human: probe slowly until the fix flows.
 PERMANENT_RETRY_S = 60.0
 # Rejected batches kept on disk for inspection; older ones are deleted (bounded disk use).
