@@ -14,15 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import gmqtt
 import pytest
-from aiohttp import web
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from harness import (
     GatewayProcess,
     MqttProbe,
@@ -30,6 +27,14 @@ from harness import (
     running_gateway,
     wait_for,
     write_config,
+)
+from receivers import (
+    HangingServer,
+    HttpReceiver,
+    MailBox,
+    hanging_server,
+    http_receiver,
+    smtp_server,
 )
 from servers import InfluxDB1Server, MosquittoServer, free_port
 
@@ -107,137 +112,25 @@ async def nothing_retained(mosquitto: MosquittoServer, root: str, topic: str) ->
         return topic not in late.messages
 
 
-# -- receivers -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Post:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class Receiver:
-    """An aiohttp server recording every JSON post (json:// routes by path, ntfy:// on `/`)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.posts: list[Post] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.posts.append(Post(request.path, dict(request.headers), await request.json()))
-        return web.Response(text="ok")
-
-    def url(self, path: str) -> str:
-        return f"json://127.0.0.1:{self.port}{path}"
-
-    def titles(self, path: str) -> list[str]:
-        return [str(p.body["title"]) for p in self.posts if p.path == path]
-
-    def ntfy(self, topic: str) -> list[Post]:
-        return [p for p in self.posts if p.body.get("topic") == topic]
-
-
-class DeadServer:
-    """Accepts connections and reads the request, never answers; counts open connections."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.requests = 0
-        self.open = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.append(writer)
-        self.open += 1
-        try:
-            if await reader.read(1024):
-                self.requests += 1
-            await reader.read()  # until the client gives up or we close
-        finally:
-            self.open -= 1
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-
-class MailBox:
-    """aiosmtpd handler keeping every message; accepts one login over plain SMTP."""
-
-    LOGIN, PASSWORD = "cuffwatch", "smtpSecret77"
-
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-        self.port = 0
-
-    async def handle_DATA(  # noqa: N802 (the hook name aiosmtpd calls)
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                     data: Any) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
-            self.LOGIN.encode(), self.PASSWORD.encode())
-        return AuthResult(success=ok)
-
-    def url(self) -> str:
-        return (f"mailto://{self.LOGIN}:{self.PASSWORD}@127.0.0.1:{self.port}"
-                "?from=cuffwatch@example.org&to=staff@example.org")
+# -- receivers (tests/receivers.py) ----------------------------------------------------------------
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.port = runner.addresses[0][1]
-    yield rec
-    await runner.cleanup()
+async def receiver() -> AsyncIterator[HttpReceiver]:
+    async with http_receiver() as rec:
+        yield rec
 
 
 @pytest.fixture
-async def dead() -> AsyncIterator[DeadServer]:
-    server = DeadServer()
-    await server.start()
-    yield server
-    await server.close()
+async def dead() -> AsyncIterator[HangingServer]:
+    async with hanging_server() as server:
+        yield server
 
 
 @pytest.fixture
 async def mailbox() -> AsyncIterator[MailBox]:
-    box = MailBox()
-    server = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(box, hostname="localhost", authenticator=box.authenticate,
-                     auth_require_tls=False),  # loopback test server
-        "127.0.0.1", 0,
-    )
-    box.port = server.sockets[0].getsockname()[1]
-    yield box
-    server.close()
-    await server.wait_closed()
-    sessions = [t for t in asyncio.all_tasks()
-                if getattr(t.get_coro(), "__qualname__", "") == "SMTP._handle_client"]
-    async with asyncio.timeout(20):  # each ends once Apprise's client has sent QUIT
-        await asyncio.gather(*sessions, return_exceptions=True)
+    async with smtp_server("cuffwatch", "smtpSecret77") as box:
+        yield box
 
 
 @pytest.fixture
@@ -390,7 +283,7 @@ async def test_ack_by_topic_and_by_cli_silences_then_the_alert_fires_again(
 
 
 async def test_unacknowledged_critical_escalates_to_the_escalation_route_only(
-    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: Receiver,
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: HttpReceiver,
 ) -> None:
     routes = [{"url": receiver.url("/staff")},
               {"url": receiver.url("/lead"), "escalation": True}]
@@ -522,8 +415,8 @@ async def _rows_are(rows: Awaitable[list[dict[str, Any]]], n: int) -> bool:
 
 
 async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
-    *, mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: Receiver,
-    dead: DeadServer, mailbox: MailBox,
+    *, mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: HttpReceiver,
+    dead: HangingServer, mailbox: MailBox,
 ) -> None:
     routes = [
         {"url": receiver.url("/staff")},  # min_severity warning (default)
@@ -630,7 +523,7 @@ async def _metric_is(proc: GatewayProcess, name: str, value: float) -> bool:
 
 async def test_backlog_readings_raise_and_store_alerts_without_pushes(
     *, mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
-    tmp_path: Path, receiver: Receiver,
+    tmp_path: Path, receiver: HttpReceiver,
 ) -> None:
     routes = [{"url": receiver.url("/staff"), "min_severity": "info"},
               {"url": receiver.url("/lead"), "escalation": True}]

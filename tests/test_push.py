@@ -9,16 +9,19 @@ import io
 import json
 import logging
 import socket
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apprise
 import pytest
-from aiohttp import web
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from receivers import (
+    HangingServer,
+    HttpReceiver,
+    hanging_server,
+    http_receiver,
+    smtp_server,
+)
 from rich.console import Console
 
 from alerts.console import ConsoleNotifier, format_transition
@@ -87,126 +90,19 @@ def resolved(a: Alert, *, at_s: float = 60.0) -> Transition:
     return Transition(done, Change.RESOLVED, True)
 
 
-# -- receivers ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class HttpReceiver:
-    """An aiohttp server recording JSON posts; `fail_first[path]` answers 500 that many times."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.received: list[Received] = []
-        self.hits: Counter[str] = Counter()
-        self.fail_first: dict[str, int] = {}
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits[request.path] += 1
-        if self.fail_first.get(request.path, 0) > 0:
-            self.fail_first[request.path] -= 1
-            return web.Response(status=500, text="boom")
-        body = await request.json()
-        self.received.append(Received(request.path, dict(request.headers), body))
-        return web.Response(text="ok")
-
-    def url(self, path: str, *, auth: str = "") -> str:
-        return f"json://{auth}127.0.0.1:{self.port}{path}"
-
-    def at(self, path: str) -> list[Received]:
-        return [r for r in self.received if r.path == path]
-
-    def titles(self, path: str) -> list[str]:
-        return [str(r.body["title"]) for r in self.at(path)]
-
-    def ntfy(self, topic: str) -> list[Received]:
-        return [r for r in self.received if r.body.get("topic") == topic]
-
-
-class HangingServer:
-    """Accepts connections and reads the request, never answers."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.append(writer)
-        if await reader.read(1024):
-            self.requests += 1
-        await reader.read()  # until the client gives up or we close
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-
-class MailBox:
-    """aiosmtpd handler: keeps every message; accepts one login over plain SMTP."""
-
-    def __init__(self, login: str, password: str) -> None:
-        self.envelopes: list[Envelope] = []
-        self.logins: list[str] = []
-        self._login = login.encode()
-        self._password = password.encode()
-
-    async def handle_DATA(  # noqa: N802 (the hook name aiosmtpd calls)
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
-            self._login,
-            self._password,
-        )
-        if ok:
-            self.logins.append(data.login.decode())
-        return AuthResult(success=ok)
+# -- receivers (tests/receivers.py) -----------------------------------------------------------
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[HttpReceiver]:
-    receiver = HttpReceiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.port = runner.addresses[0][1]
-    yield receiver
-    await runner.cleanup()
+    async with http_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
 async def hanging() -> AsyncIterator[HangingServer]:
-    server = HangingServer()
-    await server.start()
-    yield server
-    await server.close()
+    async with hanging_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -463,37 +359,11 @@ async def test_ntfy_priority_max_for_critical_default_for_warning(http: HttpRece
 
 
 async def test_mailto_route_over_plain_smtp_with_login() -> None:
-    password = "smtpSecret77"
-    mailbox = MailBox("cuffwatch", password)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(
-            mailbox,
-            hostname="localhost",
-            authenticator=mailbox.authenticate,
-            auth_require_tls=False,  # loopback test server; real relays use mailtos://
-        ),
-        "127.0.0.1",
-        0,
-    )
-    port = server.sockets[0].getsockname()[1]
-    url = (
-        f"mailto://cuffwatch:{password}@127.0.0.1:{port}"
-        "?from=cuffwatch@example.org&to=staff@example.org"
-    )
-    try:
-        d = PushDispatcher({"t1": [spec("t1/0-mailto", url)]}, **FAST)
+    async with smtp_server("cuffwatch", "smtpSecret77") as mailbox:
+        d = PushDispatcher({"t1": [spec("t1/0-mailto", mailbox.url())]}, **FAST)
         async with running(d):
             d.submit(raised(alert()))
             await eventually(lambda: len(mailbox.envelopes) == 1)
-    finally:
-        server.close()
-        await server.wait_closed()
-        # aiosmtpd's session task ends once the client has hung up after QUIT
-        sessions = [t for t in asyncio.all_tasks() if t.get_name() != "test.push.run"
-                    and getattr(t.get_coro(), "__qualname__", "") == "SMTP._handle_client"]
-        async with asyncio.timeout(WAIT_S):
-            await asyncio.gather(*sessions, return_exceptions=True)
     [mail] = mailbox.envelopes
     assert mailbox.logins == ["cuffwatch"]
     assert mail.mail_from == "cuffwatch@example.org"

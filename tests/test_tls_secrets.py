@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from harness import (
     MqttProbe,
     gateway_settings,
@@ -34,6 +33,10 @@ from harness import (
     write_config,
 )
 from pki import Pki, make_pki
+from receivers import (
+    HttpReceiver,
+    http_receiver,
+)
 from servers import (
     HTTPResponse,
     InfluxDB1Server,
@@ -387,31 +390,11 @@ def leaked(text: str) -> list[str]:
     return [name for name, form in secret_forms().items() if form in text]
 
 
-class Hook:
-    """A local JSON webhook (Apprise `json://`): records each push with its path and auth."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, str, dict[str, Any]]] = []
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.posts.append((request.path, request.headers.get("Authorization", ""),
-                           await request.json()))
-        return web.Response(text="ok")
-
-
 @pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    receiver = Hook()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.port = runner.addresses[0][1]
-    yield receiver
-    await runner.cleanup()
+async def hook() -> AsyncIterator[HttpReceiver]:
+    """A local JSON webhook (Apprise `json://`): records each push with its path and headers."""
+    async with http_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -434,7 +417,7 @@ async def readyz(port: int) -> bool:
 
 
 async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
-    make_mosquitto: Callable[..., MosquittoServer], auth_influx: HttpsInfluxDB, hook: Hook,
+    make_mosquitto: Callable[..., MosquittoServer], auth_influx: HttpsInfluxDB, hook: HttpReceiver,
     topic_root: str, tmp_path: Path,
 ) -> None:
     broker = make_mosquitto(users={"gateway": BROKER_PW, "probe": PROBE_PW})
@@ -483,10 +466,10 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
                            what="the rejection published")
             await wait_for(lambda: dev.json(f"{topic_root}/t1/alerts/c1/over_pressure"),
                            what="the alert published")
-            await wait_for(lambda: hook.posts, what="the alert pushed to the webhook")
-        assert hook.posts[0][0] == f"/hooks/{HOOK_TOKEN}"  # the secret URL was used...
+            await wait_for(lambda: hook.received, what="the alert pushed to the webhook")
+        assert hook.received[0].path == f"/hooks/{HOOK_TOKEN}"  # the secret URL was used...
         expected_auth = base64.b64encode(f"{HOOK_USER}:{HOOK_PW}".encode()).decode()
-        assert hook.posts[0][1] == f"Basic {expected_auth}"
+        assert hook.received[0].headers["Authorization"] == f"Basic {expected_auth}"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), STOP_BOUND_S) == 0
     finally:
