@@ -279,7 +279,7 @@ class Gateway:
             if state.is_duplicate(raw.seq, device_ts):
                 self.counters.duplicates += 1
                 continue
-            reading = self.fleet.to_reading(state, raw, received_ms)
+            reading = self.fleet.to_reading(state, raw, received_ms, device_ts)
             params = state.params(self.settings, reading.athlete, reading.limb)
             outcome = self.engine.on_reading(reading, params)
             lag = received_ms - device_ts

@@ -121,9 +121,11 @@ class Fleet:
             )
         return state
 
-    def to_reading(self, state: CuffState, raw: ReadingIn, received_ms: int) -> Reading:
-        """Resolve identity and clock for one validated reading."""
-        ts = raw.ts_ms()
+    def to_reading(
+        self, state: CuffState, raw: ReadingIn, received_ms: int, device_ts: int | None = None
+    ) -> Reading:
+        """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms())."""
+        ts = raw.ts_ms() if device_ts is None else device_ts
         skew: float | None = None
         if ts - received_ms > self._max_ahead_ms or received_ms - ts > self._max_behind_ms:
             skew = (ts - received_ms) / 1000.0
