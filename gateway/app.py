@@ -179,7 +179,7 @@ class Gateway:
         if self._timer_lines:
             lines, self._timer_lines = self._timer_lines, []
             with contextlib.suppress(SpoolFull):
-                await self.pipeline.submit(("\n".join(lines) + "\n").encode(), len(lines))
+                await self.pipeline.submit(_encode(lines), len(lines))
         self._set_status("offline")
         await asyncio.shield(self.mqtt.disconnect())
         await asyncio.shield(self.pipeline.aclose(DRAIN_TIMEOUT_S))
@@ -226,7 +226,7 @@ class Gateway:
         if parsed is None:
             return None
         if parsed.kind is not TopicKind.TELEMETRY:
-            return self._on_message(parsed, payload, retain)
+            return self._on_message_slow(parsed, payload, retain)
         try:
             lines = self._telemetry_lines(parsed.team, parsed.cuff, payload)
         except Rejected as rej:
@@ -234,13 +234,13 @@ class Gateway:
             return None
         if not lines:
             return None
-        body = ("\n".join(lines) + "\n").encode()
+        body = _encode(lines)
         try:
             return self.pipeline.submit_nowait(body, len(lines))
         except SpoolError:
             return self._store(lines)  # hold the message until the spool takes it
 
-    async def _on_message(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> None:
+    async def _on_message_slow(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> None:
         """The slow path for non-telemetry messages; never raises."""
         self._inflight += 1
         self._idle.clear()
@@ -308,7 +308,7 @@ class Gateway:
 
     async def _store(self, lines: list[str]) -> None:
         """Make lines durable (spool group commit); hold the message while the spool is full."""
-        body = ("\n".join(lines) + "\n").encode()
+        body = _encode(lines)
         while True:
             try:
                 await self.pipeline.submit(body, len(lines))
@@ -536,6 +536,11 @@ class Gateway:
 
     def cuff(self, cuff_id: str) -> CuffState:
         return self.fleet.cuffs[cuff_id]
+
+
+def _encode(lines: list[str]) -> bytes:
+    """Line protocol lines as one spool record."""
+    return ("\n".join(lines) + "\n").encode()
 
 
 class _Stopped(Exception):

@@ -34,7 +34,6 @@ MAXIMUM_BACKOFF_S = 30.0
 # cover the spool's group-commit latency at full rate (we acknowledge after fsync).
 RECEIVE_MAXIMUM = 65535
 
-MessageHandler = Callable[[str, bytes, int, bool], Awaitable[int]]
 # What a fast handler returns for a message: None (handled: acknowledge now), a spool
 # position (acknowledge once it is durable), or an awaitable (a slow path: acknowledge when
 # it completes; not acknowledged if it is cancelled, so the broker redelivers).
@@ -108,7 +107,6 @@ class MqttLink:
         keepalive_s: int = 30,
         will: tuple[str, bytes] | None = None,
         subscriptions: Sequence[str] = (),
-        on_message: MessageHandler | None = None,
         on_message_fast: FastHandler | None = None,
         wait_durable: DurableWaiter | None = None,
         on_connected: Callable[[bool], None] | None = None,
@@ -120,7 +118,6 @@ class MqttLink:
         self._tls: ssl.SSLContext | bool = tls or False
         self._keepalive = keepalive_s
         self._subscriptions = list(subscriptions)
-        self._on_message = on_message
         self._on_connected = on_connected
         self._log = logger or log
         self.connected = asyncio.Event()
@@ -159,7 +156,6 @@ class MqttLink:
         handler._handle_puback_packet = puback
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
-        self.client.on_message = self._handle_message
         self._fast = on_message_fast
         self._wait_durable = wait_durable
         self._pending: list[tuple[int, int, int]] = []  # (spool position, mid, connection)
@@ -285,14 +281,6 @@ class MqttLink:
     ) -> None:
         self.connected.clear()
         self._on_lost()
-
-    async def _handle_message(
-        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
-    ) -> int:
-        if self._on_message is None:
-            return 0
-        retain = bool(properties.get("retain", False))
-        return await self._on_message(topic, payload, qos, retain)
 
     # -- the fast path: synchronous handling, batched PUBACKs ---------------------------------
 
