@@ -184,18 +184,40 @@ class AlertEngine:
         self._at_ms = at
         self._push = now * 1000.0 - at <= params.alert_max_age_s * 1000.0  # backlog: no push
         judge = self._judge
-        judge(cuff, AlertKind.OVER_PRESSURE, rules.judge_over_pressure(ev, params))
-        judge(cuff, AlertKind.UNDER_PRESSURE, rules.judge_under_pressure(ev, params))
-        judge(cuff, AlertKind.OVER_TIME, rules.judge_over_time(ev, params))
-        judge(cuff, AlertKind.SHORT_REPERFUSION, rules.judge_short_reperfusion(ev))
         dev = ev.last_ts_ms if ev.last_ts_ms is not None else at
-        judge(cuff, AlertKind.SESSION_OVER_TIME, rules.judge_session(ev, params, dev, dev))
         if cuff.alerts:
+            judge(cuff, AlertKind.OVER_PRESSURE, rules.judge_over_pressure(ev, params))
+            judge(cuff, AlertKind.UNDER_PRESSURE, rules.judge_under_pressure(ev, params))
+            judge(cuff, AlertKind.OVER_TIME, rules.judge_over_time(ev, params))
+            judge(cuff, AlertKind.SHORT_REPERFUSION, rules.judge_short_reperfusion(ev))
+            judge(cuff, AlertKind.SESSION_OVER_TIME, rules.judge_session(ev, params, dev, dev))
             judge(cuff, AlertKind.CUFF_OFFLINE, CLEAR)  # a reading arrived
+        else:
+            # The common case, a cuff with no alert: CLEAR and UNKNOWN change nothing, so only
+            # a holding row goes through the lifecycle (same transitions, a third of the work).
+            j = rules.judge_over_pressure(ev, params)
+            if j.__class__ is Verdict:
+                judge(cuff, AlertKind.OVER_PRESSURE, j)
+            j = rules.judge_under_pressure(ev, params)
+            if j.__class__ is Verdict:
+                judge(cuff, AlertKind.UNDER_PRESSURE, j)
+            if ev.bout is not None:  # over_time and short_reperfusion need an open bout
+                j = rules.judge_over_time(ev, params)
+                if j.__class__ is Verdict:
+                    judge(cuff, AlertKind.OVER_TIME, j)
+                j = rules.judge_short_reperfusion(ev)
+                if j.__class__ is Verdict:
+                    judge(cuff, AlertKind.SHORT_REPERFUSION, j)
+            j = rules.judge_session(ev, params, dev, dev)
+            if j.__class__ is Verdict:
+                judge(cuff, AlertKind.SESSION_OVER_TIME, j)
         if ev.fault_now:
             judge(cuff, AlertKind.SENSOR_FAULT, rules.judge_sensor_fault(ev, now))
-        if reading.battery_pct is not None:
-            judge(cuff, AlertKind.BATTERY_LOW, rules.judge_battery(reading.battery_pct))
+        battery = reading.battery_pct
+        if battery is not None:
+            j = rules.judge_battery(battery)
+            if j.__class__ is Verdict or AlertKind.BATTERY_LOW in cuff.alerts:
+                judge(cuff, AlertKind.BATTERY_LOW, j)
         out = self._out
         if not out:
             return NOTHING if ended is None else Outcome((), ended)

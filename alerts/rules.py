@@ -261,10 +261,11 @@ class CuffEvidence:
             ended = self._end_bout(bout, ts)
 
         if plausible:  # implausible readings stay out of every mean (SPEC §3)
-            self.mean_lop.add(ts, x)
-            self.mean_band.add(ts, x)
-        self.lop_mean = self.mean_lop.mean()
-        band_mean = self.band_mean = self.mean_band.mean()
+            self.lop_mean = self.mean_lop.add(ts, x)
+            band_mean = self.band_mean = self.mean_band.add(ts, x)
+        else:
+            self.lop_mean = self.mean_lop.mean()
+            band_mean = self.band_mean = self.mean_band.mean()
         if (
             not r.inflated
             or target is None

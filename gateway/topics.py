@@ -29,14 +29,20 @@ class BadTopic(ValueError):
     """A topic under our root that does not name a valid team and cuff."""
 
 
-class Topics:
-    """Topic names under one root; `parse` is on the hot path and allocates little."""
+# Parsed topics are remembered (a fleet reuses the same few thousand topic names); past this
+# many the memo starts over, so a flood of distinct topic names cannot grow memory.
+PARSE_CACHE_SIZE = 16_384
 
-    __slots__ = ("_prefix", "root")
+
+class Topics:
+    """Topic names under one root; `parse` is on the hot path and memoised."""
+
+    __slots__ = ("_parsed", "_prefix", "root")
 
     def __init__(self, root: str) -> None:
         self.root = root
         self._prefix = root + "/"
+        self._parsed: dict[str, ParsedTopic] = {}
 
     def telemetry(self, team: str, cuff: str) -> str:
         return f"{self.root}/{team}/cuffs/{cuff}/telemetry"
@@ -76,6 +82,19 @@ class Topics:
 
     def parse(self, topic: str) -> ParsedTopic | None:
         """Classify a topic; None if it is not one we consume; BadTopic if ids are invalid."""
+        try:
+            return self._parsed[topic]
+        except KeyError:
+            pass
+        parsed = self._parse(topic)
+        if parsed is not None:  # only valid names (ids ≤ 64 chars): every entry is small
+            cache = self._parsed
+            if len(cache) >= PARSE_CACHE_SIZE:
+                cache.clear()
+            cache[topic] = parsed
+        return parsed
+
+    def _parse(self, topic: str) -> ParsedTopic | None:
         if not topic.startswith(self._prefix):
             return None
         parts = topic[len(self._prefix) :].split("/")

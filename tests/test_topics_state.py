@@ -133,3 +133,19 @@ def test_dedup_matches_a_reference_within_the_window(events: list[tuple[int, boo
         ts = 1_000_000 + seq * 100  # one device clock: a seq always has the same time
         assert c.is_duplicate(seq, ts) == (seq in seen)
         seen.add(seq)
+
+
+def test_parse_memo_is_bounded_and_keeps_rejecting_bad_names() -> None:
+    from gateway import topics as topics_mod
+
+    t = Topics("bfr")
+    first = t.parse("bfr/t1/cuffs/c7/telemetry")
+    assert t.parse("bfr/t1/cuffs/c7/telemetry") is first  # memoised: the same object
+    for i in range(topics_mod.PARSE_CACHE_SIZE + 10):
+        assert t.parse(f"bfr/t1/cuffs/c{i}/status") is not None
+    assert len(t._parsed) <= topics_mod.PARSE_CACHE_SIZE
+    for _ in range(2):  # a bad name raises every time; it is never remembered
+        with pytest.raises(BadTopic):
+            t.parse("bfr/t.1/cuffs/c7/telemetry")
+    assert t.parse("bfr/t1/cuffs/c7/rejected") is None
+    assert "bfr/t1/cuffs/c7/rejected" not in t._parsed
