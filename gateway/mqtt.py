@@ -18,11 +18,13 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.package import Package
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,8 @@ class MqttLink:
 
     def _handle_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         self.connections += 1
+        if self._fast is not None:
+            self._install_reader()
         self._backoff = backoff_delays()
         session_present = bool(flags)
         if self._subscriptions:
@@ -307,8 +311,74 @@ class MqttLink:
     def _deliver_qos1(
         self, mid: int, packet: bytes, topic: str, properties: dict[str, Any]
     ) -> None:
+        # gmqtt's path: a PUBLISH with properties, or received before our reader was installed
+        self._deliver_qos1_plain(mid, packet, topic, properties.get("retain", 0))
+
+    def _install_reader(self) -> None:
+        """Parse this connection's QoS 1 PUBLISH packets ourselves (gmqtt 0.8.0 internals).
+
+        gmqtt turns every packet into a `Package`, routes it through three calls (one formats
+        a debug line), and unpacks it with struct formats built per packet: a fifth of the
+        gateway's time at one reading per message. The reader below parses the stream the
+        same way, hands a plain QoS 1 PUBLISH (no properties, UTF-8 topic) straight to the
+        fast handler, and gives every other packet, and any PUBLISH it is unsure of, to
+        gmqtt unchanged.
+        """
+        conn = self.client._connection
+        protocol = conn._protocol
+        handler = self.client._package_handler
+        plain_read = type(protocol)._read_packet.__get__(protocol)
+        put_package = conn.put_package
+        deliver = self._deliver_qos1_plain
+        has_properties = self._version == MQTTv50
+
+        def read_packets(data: bytes) -> int:
+            if handler.current_connection is not conn:
+                return int(plain_read(data))  # superseded: gmqtt drops its packets
+            conn._last_data_in = time.monotonic()  # gmqtt's keepalive watches this
+            size = len(data)
+            parsed = 0
+            while size - parsed >= 2:
+                cmd = data[parsed]
+                i = parsed + 1
+                length = 0
+                shift = 0
+                while True:  # remaining length: a variable byte integer (≤ 4 bytes)
+                    if i >= size:
+                        return parsed
+                    byte = data[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        return -1  # malformed: gmqtt's answer too (the connection resets)
+                end = i + length
+                if end > size:
+                    return parsed
+                parsed = end
+                if cmd & 0xF6 == 0x32 and length >= 5:  # PUBLISH, QoS 1 (any dup/retain)
+                    t1 = i + 2 + (data[i] << 8 | data[i + 1])
+                    start = t1 + 2 + has_properties
+                    if start <= end and not (has_properties and data[t1 + 2]):
+                        try:
+                            topic = data[i + 2 : t1].decode()
+                        except UnicodeDecodeError:
+                            pass
+                        else:
+                            if topic:
+                                mid = data[t1] << 8 | data[t1 + 1]
+                                deliver(mid, data[start:end], topic, cmd & 1)
+                                continue
+                put_package(Package(cmd, data[i:end]))
+            return parsed
+
+        protocol._read_packet = read_packets
+
+    def _deliver_qos1_plain(self, mid: int, payload: bytes, topic: str, retain: int) -> None:
         generation = self.connections
-        result = self._run_fast(topic, packet, 1, bool(properties.get("retain", False)))
+        result = self._run_fast(topic, payload, 1, bool(retain))
         if result is None:
             self._puback(mid, generation)
         elif isinstance(result, int):

@@ -208,3 +208,31 @@ async def test_health_endpoints_and_gateway_status(
         await wait_for(lambda: [p for p, _ in probe.messages[status]][-1:] == [b"offline"],
                        what="offline status on stop")
         assert probe.messages[status][0][0] == b"online"
+
+
+async def test_publishes_with_mqtt5_properties_take_gmqtts_path_and_are_acknowledged(
+    mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
+    tmp_path: Path,
+) -> None:
+    # The link parses plain QoS 1 PUBLISH packets itself and hands anything with MQTT 5
+    # properties to gmqtt: both kinds, interleaved, must be stored and acknowledged.
+    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
+                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    now = int(time.time() * 1000)
+    async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        topic = f"{topic_root}/t1/cuffs/c2/telemetry"
+        for i in range(40):
+            payload = json.dumps(reading(i, now - 40_000 + i * 1000)).encode()
+            if i % 2:
+                dev.client.publish(topic, payload, qos=1, content_type="application/json",
+                                   user_property=[("fw", "1.2")], message_expiry_interval=600)
+            else:
+                dev.client.publish(topic, payload, qos=1)
+        await wait_for(lambda: _eq(count_points(influxdb, influx_db), 40), what="40 points")
+        await wait_for(lambda: gw.mqtt.pending_acks == 0, what="every message acknowledged")
+        assert gw.counters.accepted == 40
+        assert gw.counters.rejected == 0
+    # the same client id resumes its session: an unacknowledged message would come again
+    async with running_gateway(settings) as gw2:
+        await asyncio.sleep(1.0)
+        assert gw2.counters.received == 0
