@@ -2,7 +2,13 @@
 
 Every message from the network is hostile until it passes here. pydantic validates the raw
 bytes in Rust (`model_validate_json`), strictly: no string-to-number coercion, no NaN or
-infinity, no booleans as numbers.
+infinity, no booleans as numbers. pydantic is the contract.
+
+On the hot path msgspec goes first (C, about four times faster: bench `micro`) with the
+same constraints, narrowed: an integer `ts` and no unknown fields. Whatever it refuses,
+pydantic decides again, so the accepted set and every rejection text are pydantic's;
+msgspec only ever accepts a subset of what pydantic accepts, with the same values (a
+differential property test over generated and hostile payloads holds the two together).
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol, cast
 
+import msgspec
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -107,6 +114,64 @@ _BATCH = TypeAdapter(
     Annotated[list[ReadingIn], Field(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)]
 )
 
+_MAX_FLOAT = 1.7976931348623157e308  # bounds at ±max float refuse ±inf, as allow_inf_nan=False
+
+
+class FastReadingIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """ReadingIn's constraints for msgspec, narrowed: `ts` in epoch ms, no unknown fields.
+
+    msgspec skips an unknown field's value more leniently than pydantic parses it (bad
+    UTF-8, nesting past pydantic's depth limit: the differential test found both), so a
+    payload with fields beyond these goes to pydantic, which ignores them as SPEC says.
+    """
+
+    ts: Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
+    seq: Annotated[int, msgspec.Meta(ge=0, lt=SEQ_MODULUS)]
+    pressure_mmhg: Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
+    elapsed_s: Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
+    inflated: bool | None = None
+    target_mmhg: Annotated[float, msgspec.Meta(ge=0, le=1000)] | None = None
+    athlete: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    limb: Limb | None = None
+    battery_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+
+    def ts_ms(self) -> int:
+        return self.ts
+
+    def is_inflated(self) -> bool:
+        return self.inflated if self.inflated is not None else self.elapsed_s > 0
+
+
+class RawReading(Protocol):
+    """A validated reading as decoded: `ReadingIn` (pydantic) or `FastReadingIn` (msgspec)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def pressure_mmhg(self) -> float: ...
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def inflated(self) -> bool | None: ...
+    @property
+    def target_mmhg(self) -> float | None: ...
+    @property
+    def athlete(self) -> str | None: ...
+    @property
+    def limb(self) -> Limb | None: ...
+    @property
+    def battery_pct(self) -> float | None: ...
+    def ts_ms(self) -> int: ...
+    def is_inflated(self) -> bool: ...
+
+
+_FAST_ONE = msgspec.json.Decoder(FastReadingIn)
+_FAST_BATCH = msgspec.json.Decoder(
+    Annotated[
+        list[FastReadingIn], msgspec.Meta(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)
+    ]
+)
+
 
 def _describe(exc: ValidationError) -> tuple[RejectReason, str]:
     errors = exc.errors(include_url=False, include_input=False)
@@ -134,13 +199,29 @@ def _describe(exc: ValidationError) -> tuple[RejectReason, str]:
     return RejectReason.INVALID_READING, f"{loc or 'reading'}: {msg}{more}"
 
 
-def decode_readings(payload: bytes) -> list[ReadingIn]:
+def decode_readings(payload: bytes) -> list[RawReading]:
     """Validate a telemetry payload: one reading object or an array of up to 256."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise Rejected(RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds 64 KiB")
+    batch = payload.lstrip()[:1] == b"["
     try:
-        if payload.lstrip()[:1] == b"[":
-            return _BATCH.validate_json(payload)
+        if batch:
+            return cast("list[RawReading]", _FAST_BATCH.decode(payload))
+        return [_FAST_ONE.decode(payload)]
+    except (ValueError, RecursionError):  # msgspec's errors (ValueErrors, as bad UTF-8 is)
+        pass  # pydantic decides, and words the rejection
+    return decode_readings_strict(payload, batch=batch)
+
+
+def decode_readings_strict(payload: bytes, *, batch: bool | None = None) -> list[RawReading]:
+    """pydantic alone: the contract `decode_readings` must agree with (and its error texts)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected(RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds 64 KiB")
+    if batch is None:
+        batch = payload.lstrip()[:1] == b"["
+    try:
+        if batch:
+            return cast("list[RawReading]", _BATCH.validate_json(payload))
         return [ReadingIn.model_validate_json(payload)]
     except ValidationError as exc:
         reason, detail = _describe(exc)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from alerts.params import RuleParams
 from gateway.config import Assignment, Settings
-from gateway.decode import ReadingIn, Rejected, RejectReason
+from gateway.decode import RawReading, Rejected, RejectReason
 from gateway.model import CuffPhase, Limb, Reading
 
 # QoS 1 redelivery repeats recent messages (a reconnect redelivers the unacknowledged ones,
@@ -122,7 +122,7 @@ class Fleet:
         return state
 
     def to_reading(
-        self, state: CuffState, raw: ReadingIn, received_ms: int, device_ts: int | None = None
+        self, state: CuffState, raw: RawReading, received_ms: int, device_ts: int | None = None
     ) -> Reading:
         """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms())."""
         ts = raw.ts_ms() if device_ts is None else device_ts

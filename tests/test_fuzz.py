@@ -37,7 +37,7 @@ from gateway.decode import (
     MAX_READINGS_PER_MESSAGE,
     REJECTED_ECHO_BYTES,
     SEQ_MODULUS,
-    ReadingIn,
+    RawReading,
     Rejected,
     Rejection,
     RejectReason,
@@ -166,7 +166,7 @@ def _settings() -> Settings:
     return load_settings(teams=TEAMS)
 
 
-def assert_storable(raws: list[ReadingIn], fleet: Fleet, received_ms: int = RECEIVED_MS) -> None:
+def assert_storable(raws: list[RawReading], fleet: Fleet, received_ms: int = RECEIVED_MS) -> None:
     """Accepted readings are in range, finite, and resolve to a line InfluxDB can store."""
     alerts = fleet.settings.alerts
     lo = received_ms - int(alerts.max_backlog_s * 1000)
