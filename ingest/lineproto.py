@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from math import isfinite
 
 from alerts.model import BoutSummary, Transition
 from gateway.model import Reading
@@ -161,17 +162,35 @@ def _opt(key: str, value: float | None) -> str:
     return f",{key}={float(value)!r}"
 
 
+@lru_cache(maxsize=TAG_CACHE_SIZE)
+def _telemetry_prefix(athlete: str, cuff: str, limb: str, team: str) -> str:
+    return _tag_prefix(TELEMETRY, "athlete", athlete, "cuff", cuff, "limb", limb, "team", team)
+
+
 def telemetry_line(r: Reading, target_mmhg: float | None = None) -> str:
-    """The `cuff_telemetry` point of one reading; `target_mmhg` overrides the reading's own."""
-    prefix = _tag_prefix(
-        TELEMETRY, "athlete", r.athlete, "cuff", r.cuff, "limb", str(r.limb), "team", r.team
-    )
-    target = r.target_mmhg if target_mmhg is None else target_mmhg
+    """The `cuff_telemetry` point of one reading; `target_mmhg` overrides the reading's own.
+
+    On the hot path (once per reading): one cached prefix, the usual fields in one f-string.
+    """
+    team, cuff, athlete, limb, ts, seq, p, e, inflated, own_target, battery, skew, _ = r
+    prefix = _telemetry_prefix(athlete, cuff, limb, team)
+    target = own_target if target_mmhg is None else target_mmhg
+    tail = ""
+    if target is not None and isfinite(target):
+        tail = f",target_mmhg={float(target)!r}"
+    if battery is not None and isfinite(battery):
+        tail += f",battery_pct={float(battery)!r}"
+    if skew is not None:
+        tail += _opt("clock_skew_s", skew)
+    flag = "true" if inflated else "false"
+    if isfinite(p) and isfinite(e):
+        return (
+            f"{prefix} seq={seq}i,inflated={flag},pressure_mmhg={float(p)!r},"
+            f"elapsed_s={float(e)!r}{tail} {ts}"
+        )
     return (
-        f"{prefix} seq={int(r.seq)}i,inflated={'true' if r.inflated else 'false'}"
-        f"{_opt('pressure_mmhg', r.pressure_mmhg)}{_opt('elapsed_s', r.elapsed_s)}"
-        f"{_opt('target_mmhg', target)}{_opt('battery_pct', r.battery_pct)}"
-        f"{_opt('clock_skew_s', r.clock_skew_s)} {int(r.ts_ms)}"
+        f"{prefix} seq={seq}i,inflated={flag}{_opt('pressure_mmhg', p)}"
+        f"{_opt('elapsed_s', e)}{tail} {ts}"
     )
 
 
