@@ -20,7 +20,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from alerts.engine import AlertEngine
+from alerts.engine import NOTHING, AlertEngine
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Transition
 from gateway.config import Assignment, Settings
 from gateway.decode import (
@@ -31,7 +31,7 @@ from gateway.decode import (
     decode_status,
 )
 from gateway.health import Counters, GatewayCollector, HealthServer
-from gateway.model import CuffPhase
+from gateway.model import CuffPhase, Reading
 from gateway.mqtt import FastResult, MqttLink, make_ssl_context
 from gateway.state import CuffState, Fleet
 from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
@@ -265,45 +265,64 @@ class Gateway:
                 self._idle.set()
 
     def _telemetry_lines(self, team: str, cuff: str, payload: bytes) -> list[str]:
-        """Validate, dedup, run the rules, publish alerts; return the lines to store."""
+        """Validate, dedup, run the rules, publish alerts; return the lines to store.
+
+        Once per reading: everything loop-invariant is hoisted, and the cuff's summary
+        (phase, last values, counters) is set once per message from its last reading.
+        """
         state = self.fleet.lookup(team, cuff)
         raws = decode_readings(payload)
         now_s = self.clock()
         received_ms = int(now_s * 1000)
-        self.counters.readings_received += len(raws)
+        counters = self.counters
+        counters.readings_received += len(raws)
         lines: list[str] = []
+        append = lines.append
         transitions: list[Transition] = []
         bouts: list[BoutSummary] = []
+        is_duplicate = state.is_duplicate
+        to_reading = self.fleet.to_reading
+        rule_params = state.params
+        settings = self.settings
+        on_reading = self.engine.on_reading
+        telemetry_line = lineproto.telemetry_line
+        oldest_ts: int | None = None
+        reading: Reading | None = None
+        accepted = 0
         for raw in raws:
             device_ts = raw.ts_ms()
-            if state.is_duplicate(raw.seq, device_ts):
-                self.counters.duplicates += 1
+            if is_duplicate(raw.seq, device_ts):
+                counters.duplicates += 1
                 continue
-            reading = self.fleet.to_reading(state, raw, received_ms, device_ts)
-            params = state.params(self.settings, reading.athlete, reading.limb)
-            outcome = self.engine.on_reading(reading, params)
-            lag = received_ms - device_ts
-            self.counters.lag_ms_max = max(self.counters.lag_ms_max, lag)
-            state.accepted += 1
-            self.counters.accepted += 1
+            reading = to_reading(state, raw, received_ms, device_ts)
+            params = rule_params(settings, reading.athlete, reading.limb)
+            outcome = on_reading(reading, params)
+            if oldest_ts is None or device_ts < oldest_ts:
+                oldest_ts = device_ts
+            accepted += 1
+            if reading.battery_pct is not None:
+                state.battery_pct = reading.battery_pct
+            own = reading.target_mmhg
+            append(telemetry_line(reading, own if own is not None else params.target_mmhg))
+            if outcome is not NOTHING:
+                if outcome.transitions:
+                    transitions.extend(outcome.transitions)
+                if outcome.bout is not None:
+                    bouts.append(outcome.bout)
+        if reading is not None and oldest_ts is not None:
+            counters.lag_ms_max = max(counters.lag_ms_max, received_ms - oldest_ts)
+            counters.accepted += accepted
+            state.accepted += accepted
             state.last_seen_s = now_s
             state.phase = CuffPhase.INFLATED if reading.inflated else CuffPhase.DEFLATED
             state.last_pressure = reading.pressure_mmhg
             state.last_elapsed_s = reading.elapsed_s
-            if reading.battery_pct is not None:
-                state.battery_pct = reading.battery_pct
-            target = reading.target_mmhg if reading.target_mmhg is not None else params.target_mmhg
-            lines.append(lineproto.telemetry_line(reading, target_mmhg=target))
-            if outcome.transitions:
-                transitions.extend(outcome.transitions)
-            if outcome.bout is not None:
-                bouts.append(outcome.bout)
         # alerts go out before anything touches the disk: the alert path never waits on storage
         for t in transitions:
             self._deliver(t)
-            lines.append(lineproto.alert_line(t))
+            append(lineproto.alert_line(t))
         for b in bouts:
-            lines.append(lineproto.bout_line(b))
+            append(lineproto.bout_line(b))
         return lines
 
     async def _store(self, lines: list[str]) -> None:
