@@ -25,7 +25,7 @@ from alerts.params import (
     UNDER_PRESSURE_AFTER_S,
     RuleParams,
 )
-from alerts.window import OcclusionWindow, RollingMean
+from alerts.window import OcclusionWindow, PairedMeans
 from gateway.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Protocol, Reading, Severity
 
 SEQ_MODULUS: Final = 1 << 32  # seq wraps at 2^32 (SPEC §2)
@@ -176,7 +176,7 @@ class CuffEvidence:
         "athlete", "band_mean", "below_since_ms", "bout", "cuff", "fault_at", "fault_floor",
         "fault_now", "fault_threshold", "fault_value", "hard_mmhg", "hard_ms", "inflated",
         "last_end_ms", "last_hit_max", "last_seen", "last_seq", "last_ts_ms", "limb", "lop_mean",
-        "mean_band", "mean_lop", "session", "target", "team",
+        "means", "session", "target", "team",
     )
 
     def __init__(self, team: str, cuff: str, athlete: str, limb: str) -> None:
@@ -192,8 +192,7 @@ class CuffEvidence:
         self.bout: Bout | None = None
         self.last_end_ms: int | None = None  # device time the previous bout ended
         self.last_hit_max = False
-        self.mean_lop = RollingMean(LOP_MEAN_WINDOW_S)
-        self.mean_band = RollingMean(MEAN_WINDOW_S)
+        self.means = PairedMeans(LOP_MEAN_WINDOW_S, MEAN_WINDOW_S)  # (LOP 2 s, band 5 s)
         self.lop_mean: float | None = None  # the means after the last reading (None: not spanning)
         self.band_mean: float | None = None
         self.hard_ms: int | None = None  # last reading at or above the hard ceiling
@@ -261,11 +260,10 @@ class CuffEvidence:
             ended = self._end_bout(bout, ts)
 
         if plausible:  # implausible readings stay out of every mean (SPEC §3)
-            self.lop_mean = self.mean_lop.add(ts, x)
-            band_mean = self.band_mean = self.mean_band.add(ts, x)
+            self.lop_mean, band_mean = self.means.add(ts, x)
         else:
-            self.lop_mean = self.mean_lop.mean()
-            band_mean = self.band_mean = self.mean_band.mean()
+            self.lop_mean, band_mean = self.means.means()
+        self.band_mean = band_mean
         if (
             not r.inflated
             or target is None
@@ -289,8 +287,7 @@ class CuffEvidence:
             bout.min_rest_s = p.min_rest_after_max_s if self.last_hit_max else p.min_rest_s
         self.bout = bout
         self.session.start(start)
-        self.mean_lop.reset()  # a mean waits for its window at the start of a bout
-        self.mean_band.reset()
+        self.means.reset()  # a mean waits for its window at the start of a bout
         self.below_since_ms = None
         return bout
 
@@ -386,6 +383,9 @@ def judge_session(ev: CuffEvidence, p: RuleParams, now_ms: int, open_until_ms: i
         n = ev.session.starts_within(now_ms)
         if n > per_hour:
             return Verdict(Severity.WARNING, SESSION_BOUTS, float(n), float(per_hour))
+        return CLEAR
+    cap_ms = p.max_session_occlusion_s * 1000.0
+    if ev.session.surely_below(cap_ms, open_until_ms):  # the usual case, without pruning
         return CLEAR
     occluded_s = ev.session.occluded_ms(now_ms, open_until_ms) / 1000.0
     if occluded_s >= p.max_session_occlusion_s:

@@ -13,6 +13,11 @@ MAX_WINDOW_SAMPLES = 2048
 # Running sums drift by float rounding; re-add the window from scratch this often
 # (amortised O(1), and it keeps the error far below a tenth of a mmHg forever).
 RESUM_EVERY = 4096
+# OcclusionWindow.surely_below answers from its running total while it keeps at most this
+# many bouts; beyond, the exact path prunes them (so memory stays bounded either way).
+SURE_BELOW_MAX_BOUTS = 64
+# PairedMeans drops samples that left both windows once this many have piled up.
+COMPACT_AFTER = 256
 
 
 class RollingMean:
@@ -78,6 +83,119 @@ class RollingMean:
         return len(self._values)
 
 
+class PairedMeans:
+    """Two `RollingMean`s over one sample stream (short ⊆ long window), kept in one pass.
+
+    Exactly what two RollingMeans fed the same samples give (same resets, same sums in the
+    same order, same caps), at about half the cost: one append per sample and the short
+    window's start kept as an index into the long window's lists. The rules' 2 s LOP mean
+    and 5 s band mean are such a pair.
+    """
+
+    __slots__ = (
+        "_adds", "_anchor_l", "_anchor_s", "_head_l", "_head_s", "_last_ms", "_sum_l",
+        "_sum_s", "_ts", "_values", "long_ms", "short_ms",
+    )
+
+    def __init__(self, short_s: float, long_s: float) -> None:
+        self.short_ms = round(short_s * 1000)
+        self.long_ms = round(long_s * 1000)
+        if self.short_ms > self.long_ms:
+            raise ValueError("the short window must not exceed the long one")
+        self._ts: list[int] = []
+        self._values: list[float] = []
+        self._head_s = 0  # first sample of the short window
+        self._head_l = 0  # first sample of the long window (older ones await compaction)
+        self._sum_s = 0.0
+        self._sum_l = 0.0
+        self._anchor_s: int | None = None
+        self._anchor_l: int | None = None
+        self._last_ms: int | None = None
+        self._adds = 0
+
+    def reset(self) -> None:
+        """Forget every sample: both means wait for a whole window again."""
+        self._ts.clear()
+        self._values.clear()
+        self._head_s = self._head_l = 0
+        self._sum_s = self._sum_l = 0.0
+        self._anchor_s = self._anchor_l = None
+        self._last_ms = None
+
+    def add(self, ts_ms: int, value: float) -> tuple[float | None, float | None]:
+        """Add a sample (`ts_ms` must not go backwards); return (short mean, long mean)."""
+        ts, values = self._ts, self._values
+        last = self._last_ms
+        if last is not None:
+            gap = ts_ms - last
+            if gap > self.long_ms:
+                self.reset()  # both windows start over
+            elif gap > self.short_ms:  # only the short one starts over
+                self._head_s = len(ts)
+                self._sum_s = 0.0
+                self._anchor_s = None
+        anchor_s = self._anchor_s
+        if anchor_s is None:
+            anchor_s = self._anchor_s = ts_ms
+        anchor_l = self._anchor_l
+        if anchor_l is None:
+            anchor_l = self._anchor_l = ts_ms
+        self._last_ms = ts_ms
+        ts.append(ts_ms)
+        values.append(value)
+        n = len(ts)
+        sum_s = self._sum_s + value
+        sum_l = self._sum_l + value
+        horizon = ts_ms - self.short_ms
+        head = self._head_s
+        while ts[head] < horizon or n - head > MAX_WINDOW_SAMPLES:
+            sum_s -= values[head]
+            head += 1
+        self._head_s = head
+        horizon = ts_ms - self.long_ms
+        head = self._head_l
+        while ts[head] < horizon or n - head > MAX_WINDOW_SAMPLES:
+            sum_l -= values[head]
+            head += 1
+        self._adds += 1
+        if self._adds >= RESUM_EVERY:
+            self._adds = 0
+            sum_s = sum(values[self._head_s :])
+            sum_l = sum(values[head:])
+        self._sum_s = sum_s
+        self._sum_l = sum_l
+        means = (
+            sum_s / (n - self._head_s) if ts_ms - anchor_s >= self.short_ms else None,
+            sum_l / (n - head) if ts_ms - anchor_l >= self.long_ms else None,
+        )
+        if head >= COMPACT_AFTER:  # drop what left both windows (amortised O(1))
+            del ts[:head]
+            del values[:head]
+            self._head_s -= head
+            head = 0
+        self._head_l = head
+        return means
+
+    def means(self) -> tuple[float | None, float | None]:
+        """(short mean, long mean), each None while its samples do not span its window."""
+        last = self._last_ms
+        if last is None:
+            return None, None
+        n = len(self._ts)
+        a_s, a_l = self._anchor_s, self._anchor_l
+        short = (
+            self._sum_s / (n - self._head_s)
+            if a_s is not None and last - a_s >= self.short_ms and n > self._head_s
+            else None
+        )
+        long = (
+            self._sum_l / (n - self._head_l)
+            if a_l is not None and last - a_l >= self.long_ms
+            else None
+        )
+        return short, long
+
+
 class OcclusionWindow:
     """Bouts by device time: occluded time and bout starts within a trailing window."""
 
@@ -131,6 +249,21 @@ class OcclusionWindow:
         if start is not None:
             total += max(0, min(open_until_ms, now_ms) - max(start, horizon))
         return total
+
+    def surely_below(self, limit_ms: float, open_until_ms: int) -> bool:
+        """True if occluded time is below `limit_ms` at any `now` (an upper bound, no pruning).
+
+        Every bout not yet pruned, plus the open one to `open_until_ms`, bounds what
+        `occluded_ms` can return. Far below the limit this answers without touching the
+        deques; a long history (many bouts kept) always takes the exact path, which prunes.
+        """
+        if len(self._starts) > SURE_BELOW_MAX_BOUTS:
+            return False
+        total = self._closed_ms
+        start = self._open_start_ms
+        if start is not None and open_until_ms > start:
+            total += open_until_ms - start
+        return total < limit_ms
 
     def starts_within(self, now_ms: int) -> int:
         """How many bouts started in [now − window, now]."""

@@ -7,13 +7,20 @@ import math
 import random
 from collections import defaultdict
 
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_alert_support import Rig, arm_params, leg_params
 
 from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.params import RuleParams
-from alerts.window import OcclusionWindow, RollingMean
+from alerts.window import (
+    COMPACT_AFTER,
+    MAX_WINDOW_SAMPLES,
+    RESUM_EVERY,
+    OcclusionWindow,
+    PairedMeans,
+    RollingMean,
+)
 from gateway.model import Severity
 
 REP_AMPLITUDE_MMHG = 25.0  # the brief's rep swing: target ± 25 mmHg
@@ -328,6 +335,51 @@ def test_rolling_mean_matches_brute_force(
             assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
 
 
+@settings(max_examples=300)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([0, 0, 1, 10, 100, 250, 1000, 1999, 2000, 2001, 4999, 5000, 5001,
+                             7000]),
+            st.floats(-20.0, 600.0),
+            st.integers(0, 40),  # 0: reset (a new bout) instead of a sample
+        ),
+        max_size=600,
+    ),
+)
+def test_paired_means_are_exactly_two_rolling_means(steps: list[tuple[int, float, int]]) -> None:
+    # stuck clocks (dt 0) hit the sample cap, gaps hit each window's restart, long runs hit
+    # compaction and the periodic re-sum: the pair must equal two RollingMeans bit for bit
+    pair = PairedMeans(2.0, 5.0)
+    short, long = RollingMean(2.0), RollingMean(5.0)
+    ts = 0
+    for dt, x, op in steps:
+        ts += dt
+        if op == 0:
+            pair.reset()
+            short.reset()
+            long.reset()
+            assert pair.means() == (None, None)
+            continue
+        got = pair.add(ts, x)
+        assert got == (short.add(ts, x), long.add(ts, x))
+        assert pair.means() == got == (short.mean(), long.mean())
+
+
+def test_paired_means_cap_compaction_and_resum_match_on_a_long_stream() -> None:
+    import random
+
+    rng = random.Random(3)
+    pair = PairedMeans(2.0, 5.0)
+    short, long = RollingMean(2.0), RollingMean(5.0)
+    ts = 0
+    for i in range(RESUM_EVERY * 3):
+        ts += rng.choice([0, 0, 0, 5, 10, 100]) if i < 6000 else rng.choice([10, 100, 3000])
+        x = rng.uniform(-20.0, 600.0)
+        assert pair.add(ts, x) == (short.add(ts, x), long.add(ts, x))
+    assert len(pair._ts) <= MAX_WINDOW_SAMPLES + COMPACT_AFTER  # bounded
+
+
 @given(
     bouts=st.lists(st.tuples(st.integers(0, 900), st.integers(1, 1500)), max_size=30),
     probes=st.lists(st.integers(0, 4000), max_size=5),
@@ -350,5 +402,31 @@ def test_occlusion_window_matches_brute_force(
         now = t + step * 1000
         horizon = now - 3_600_000
         expected = sum(max(0, min(e, now) - max(s, horizon)) for s, e in intervals)
+        for limit in (expected, expected + 1, 1_800_000):  # the bound never says "below" wrongly
+            if w.surely_below(limit, now):
+                assert expected < limit
         assert w.occluded_ms(now, now) == expected
         assert w.starts_within(now) == sum(1 for s, _ in intervals if s >= horizon)
+
+
+@given(
+    bouts=st.lists(st.tuples(st.integers(0, 900), st.integers(0, 1500)), max_size=40),
+    open_for=st.integers(0, 3000),
+    probe=st.integers(0, 4000),
+)
+def test_session_bound_is_an_upper_bound_with_an_open_bout(
+    bouts: list[tuple[int, int]], open_for: int, probe: int
+) -> None:
+    w = OcclusionWindow(3600.0)
+    t = 0
+    for rest, length in bouts:
+        start = t + rest * 1000
+        t = start + length * 1000
+        w.start(start)
+        w.end(t)
+    w.start(t + 1000)
+    until = t + 1000 + open_for * 1000
+    now = until + probe * 1000
+    for limit in (0, 1, 600_000, 1_800_000, 3_600_000):
+        if w.surely_below(limit, until):
+            assert w.occluded_ms(now, until) < limit
