@@ -72,6 +72,7 @@ def e2e(srv: Servers, *, batch: int, cuffs: int, target_s: float,
         if done is None:
             return {"stalled": True, "phase": "timed", "readings_per_message": batch}
         elapsed = done - t0
+        ingest = [g.metrics() for g in gws]
         cores = [round((g.cpu_seconds() - c) / elapsed, 2) for g, c in zip(gws, cpu0, strict=True)]
         other_cores = {k: round((cpu_seconds(pid) - others0[k]) / elapsed, 2)
                        for k, pid in others.items()}
@@ -90,6 +91,11 @@ def e2e(srv: Servers, *, batch: int, cuffs: int, target_s: float,
         "publisher_msg_per_s": round(timed_msgs / figures["acked_s"]),
         "warmup_readings_per_s": round(warm_rate),
         "gateway_cores_used": cores,  # CPU seconds per second of the timed phase
+        # the pipeline fell behind InfluxDB and read lines back from the spool (costly)
+        "ingest_spills": int(sum(m.get("cuffwatch_ingest_spills", 0.0) for m in ingest)),
+        "ingest_replayed_lines": int(
+            sum(m.get("cuffwatch_ingest_replayed_lines", 0.0) for m in ingest)),
+        "ingest_batches": int(sum(m.get("cuffwatch_ingest_batches", 0.0) for m in ingest)),
         "other_cores_used": other_cores,
         "stored": stored,
         "stored_exactly": stored == (warm_msgs + timed_msgs) * batch,

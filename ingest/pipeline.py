@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest.sinks import PermanentSinkError, RejectedBatchError, Sink, TransientSinkError
-from ingest.spool import GroupCommitter, Spool, SpoolError
+from ingest.spool import HEADER_BYTES, GroupCommitter, Spool, SpoolError
 
 __all__ = ["IngestPipeline", "PipelineState"]
 
@@ -49,9 +49,12 @@ log = logging.getLogger(__name__)
 
 BATCH_LINES = 5000  # InfluxDB's recommended batch size: big enough to amortise a request
 BATCH_INTERVAL_S = 1.0  # a line waits at most this long for its batch (dashboards refresh at 5 s)
-# The in-memory buffer's cap: two full batches queue behind the one in flight before the
-# pipeline stops buffering and catches up from the spool instead.
-BUFFER_BATCHES = 2
+# The in-memory buffer's cap: this many full batches queue behind the one in flight before
+# the pipeline stops buffering and catches up from the spool instead. At 50,000 readings/s
+# two batches lasted 0.2 s, less than one slow InfluxDB write: the gateway kept falling into
+# replay, and reading the spool back cost a fifth of a core (py-spy, arrays of 10). Eight
+# last 0.8 s, for ~6 MB.
+BUFFER_BATCHES = 8
 # Replay reads about this much from the spool at a time: a few batches, bounded memory.
 REPLAY_READ_BYTES = 4 << 20
 RETRY_INITIAL_S = 0.5  # first retry after a failed write: a restarting InfluxDB is back soon
@@ -87,12 +90,17 @@ class _Batch:
 
 @dataclass(slots=True)
 class _Entry:
-    """A buffered record."""
+    """A buffered record: it spans (position - HEADER_BYTES - len(payload), position]."""
 
     position: int
     payload: bytes
     lines: int
     arrived: float
+
+    @property
+    def start(self) -> int:
+        """The position of the record before it (where this one's header begins)."""
+        return self.position - HEADER_BYTES - len(self.payload)
 
 
 def _line_count(payload: bytes) -> int:
@@ -139,6 +147,10 @@ class IngestPipeline:
         self._buffered_bytes = 0
         # read from the spool, not yet sent: (position, payload, lines)
         self._replay: deque[tuple[int, bytes, int]] = deque()
+        # replay mode: the latest submissions (a contiguous run, oldest dropped past the cap);
+        # once replay reaches the first of them, memory mode resumes without a pause
+        self._tail: deque[_Entry] = deque()
+        self._tail_lines = 0
         self._memory = False  # replay first: the spool may hold what a crash left
         self._taken = spool.written_position  # last record in a batch in flight or written
         self._failing = False
@@ -178,8 +190,11 @@ class IngestPipeline:
             lines += b"\n"
         position = self.committer.append_nowait(lines)
         self.submitted_lines += count
-        if self._memory and not self._closing:
-            self._buffer_record(position, lines, count)
+        if not self._closing:
+            if self._memory:
+                self._buffer_record(position, lines, count)
+            else:
+                self._tail_record(position, lines, count)
         return position
 
     async def wait_durable(self, position: int) -> None:
@@ -194,6 +209,7 @@ class IngestPipeline:
             log.info("ingest: buffer full (%d lines): catching up from the spool",
                      self.max_buffer_lines)
             self._wake.set()
+            self._tail_record(position, payload, count)
             return
         self._buffer.append(_Entry(position, payload, count, time.monotonic()))
         self._buffered_lines += count
@@ -201,6 +217,13 @@ class IngestPipeline:
         self.max_buffered_lines_seen = max(self.max_buffered_lines_seen, self._buffered_lines)
         if len(self._buffer) == 1 or self._buffered_lines >= self.batch_lines:
             self._wake.set()
+
+    def _tail_record(self, position: int, payload: bytes, count: int) -> None:
+        tail = self._tail
+        tail.append(_Entry(position, payload, count, time.monotonic()))
+        self._tail_lines += count
+        while self._tail_lines > self.max_buffer_lines:
+            self._tail_lines -= tail.popleft().lines
 
     def _drop_buffer(self) -> None:
         self._memory = False
@@ -307,11 +330,8 @@ class IngestPipeline:
                 await self._sleep(self.retry_initial_s)
                 return None
             if not records:
-                if not self.spool.has_records_after(self._taken):
-                    # caught up; no await since the check, so no submission slipped past
-                    self._memory = True
-                    log.debug("ingest: caught up with the spool")
-                return None  # else appended during the read: read again
+                self._adopt_tail()  # caught up, unless appended during the read: read again
+                return None
             for position, raw in records:
                 payload = raw if raw.endswith(b"\n") else raw + b"\n"
                 self._replay.append((position, payload, _line_count(payload)))
@@ -332,24 +352,42 @@ class IngestPipeline:
         return _Batch(b"".join(parts), lines, len(parts), last, replayed=True)
 
     def _adopt_tail(self) -> bool:
-        """Switch to memory mode with the read-ahead as buffer if it is the spool's whole tail.
+        """Switch to memory mode once replay has caught up with the spool's end.
 
-        Under a steady stream the spool keeps growing during every write, so replay would
-        never find it empty; once what is in hand reaches the end and fits the buffer,
-        batching by size and interval takes over again. No await between check and switch.
+        Caught up means: what replay has read ends where the latest submissions (`_tail`,
+        kept in replay mode) begin, or at the spool's end. Under a steady stream the spool
+        grows during every read, so replay alone would never find its end; with the tail it
+        only has to reach the tail's first record. The read-ahead and the tail then become
+        the buffer (if they fit in half of it, so the next submission does not spill at
+        once). No await between check and switch: no submission can slip past both.
         """
-        if self.spool.has_records_after(self._replay[-1][0]):
+        replay, tail = self._replay, self._tail
+        end = replay[-1][0] if replay else self._taken
+        while tail and tail[0].position <= end:  # read back from the spool already
+            self._tail_lines -= tail.popleft().lines
+        if tail:
+            if tail[0].start != end:
+                return False  # a gap: the tail dropped older records, replay must read on
+        elif self.spool.has_records_after(end):
+            return False  # appended while tail was off (closing): read on
+        replayed_lines = sum(count for _, _, count in replay)
+        if replayed_lines + self._tail_lines > self.max_buffer_lines // 2:
             return False
-        if sum(count for _, _, count in self._replay) > self.max_buffer_lines:
-            return False
-        for position, payload, count in self._replay:
+        for position, payload, count in replay:
             # arrived long ago: these go out without waiting for the batch interval
             self._buffer.append(_Entry(position, payload, count, arrived=-math.inf))
             self._buffered_lines += count
             self._buffered_bytes += len(payload)
-        self._replay.clear()
+        for entry in tail:
+            self._buffer.append(entry)
+            self._buffered_lines += entry.lines
+            self._buffered_bytes += len(entry.payload)
+        replay.clear()
+        tail.clear()
+        self._tail_lines = 0
         self.max_buffered_lines_seen = max(self.max_buffered_lines_seen, self._buffered_lines)
         self._memory = True
+        log.debug("ingest: caught up with the spool")
         return True
 
     async def _write(self, batch: _Batch) -> None:
@@ -498,6 +536,7 @@ class IngestPipeline:
             "buffered_lines": self._buffered_lines,
             "in_flight_lines": self.in_flight_lines,
             "buffered_bytes": self._buffered_bytes,
+            "tail_lines": self._tail_lines,
             "max_buffer_lines": self.max_buffer_lines,
             "spills": self.spills,
             "spooled_bytes": self.spool.bytes_used,

@@ -324,3 +324,55 @@ async def test_run_twice_is_refused(spool: Spool, tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="already"):
             await pipeline.run()
 
+
+
+STREAM_LINES_PER_S = 20_000  # a steady stream well within what InfluxDB takes in
+
+
+async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(
+    spool: Spool, private_influx: InfluxDB1Server
+) -> None:
+    # A slow write (InfluxDB paused, within the timeout) overflows the buffer: the pipeline
+    # catches up from the spool. The stream never pauses (an append every millisecond, well
+    # within what InfluxDB takes), so the spool grows during every read: replay must still
+    # hand over to memory mode, not read the spool back for as long as the stream lasts.
+    pipeline = IngestPipeline(
+        spool, v1(private_influx, timeout_s=10.0), batch_lines=1000, batch_interval_s=0.05,
+        max_buffer_lines=4000,
+    )
+    next_seq = 0
+    resumed = asyncio.Event()
+
+    async def stream(stop: asyncio.Event) -> None:
+        nonlocal next_seq
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not stop.is_set():
+            # paced at RATE lines/s, yielding between appends: some append lands in every read
+            due = int((loop.time() - t0) * STREAM_LINES_PER_S)
+            while next_seq < due:
+                start, next_seq = next_seq, next_seq + 10
+                pipeline.submit_nowait(chunk(start, 10), 10)
+            assert pipeline.buffered_lines <= 4000
+            assert int(pipeline.stats().get("tail_lines", 0)) <= 4000
+            if pipeline.spills and pipeline.state is PipelineState.OK:
+                resumed.set()
+            await asyncio.sleep(0)
+
+    async with running(pipeline):
+        stop = asyncio.Event()
+        streamer = asyncio.create_task(stream(stop))
+        try:
+            await until(lambda: next_seq >= 2000, "streaming")
+            private_influx.pause()
+            try:
+                await until(lambda: pipeline.spills >= 1, "buffer overflowed in the slow write")
+            finally:
+                private_influx.resume()
+            await asyncio.wait_for(resumed.wait(), 20.0)  # the stream goes on meanwhile
+        finally:
+            stop.set()
+            await streamer
+        await until(lambda: spool.records_pending == 0, "all written")
+    assert pipeline.failed_batches == 0  # slow, never failing: a spill, not an outage
+    assert stored_seqs(private_influx) == list(range(next_seq))
