@@ -8,9 +8,9 @@ the same point written again overwrites itself.
 
 How: `submit()` appends the lines to the spool and, while the pipeline is healthy, to a
 bounded in-memory buffer too, then waits for the spool's group commit. `run()` sends
-batches of up to `batch_lines` lines, or whatever arrived within `batch_interval_s`, one
-batch in flight; after each success it advances the spool's written mark, which frees
-whole segments. Two modes:
+batches of `batch_lines` lines (up to 4x that when a backlog is waiting), or whatever
+arrived within `batch_interval_s`, one batch in flight; after each success it advances the
+spool's written mark, which frees whole segments. Two modes:
 
 - memory: the buffer holds exactly the records after the last batch taken, so batches
   come from memory and the disk is only written, never read;
@@ -48,6 +48,11 @@ __all__ = ["IngestPipeline", "PipelineState"]
 log = logging.getLogger(__name__)
 
 BATCH_LINES = 5000  # InfluxDB's recommended batch size: big enough to amortise a request
+# A backlog goes out in batches up to this many times bigger: one batch is in flight at a
+# time, so the write latency caps throughput at batch/latency. At 50,000 readings/s the
+# 5,000-line batches took ~85 ms each (bench, arrays of 10): the sink, not the gateway, was
+# the limit. Bigger batches only form when lines are already waiting (no added latency).
+BACKLOG_BATCH_FACTOR = 4
 BATCH_INTERVAL_S = 1.0  # a line waits at most this long for its batch (dashboards refresh at 5 s)
 # The in-memory buffer's cap: this many full batches queue behind the one in flight before
 # the pipeline stops buffering and catches up from the spool instead. At 50,000 readings/s
@@ -135,6 +140,7 @@ class IngestPipeline:
         self.sink = sink
         self.committer = GroupCommitter(spool)
         self.batch_lines = batch_lines
+        self.max_batch_lines = batch_lines * BACKLOG_BATCH_FACTOR
         self.batch_interval_s = batch_interval_s
         self.max_buffer_lines = max_buffer_lines or BUFFER_BATCHES * batch_lines
         self.replay_read_bytes = replay_read_bytes
@@ -309,7 +315,9 @@ class IngestPipeline:
         parts: list[bytes] = []
         lines = 0
         last = self._taken
-        while self._buffer and (not parts or lines + self._buffer[0].lines <= self.batch_lines):
+        while self._buffer and (
+            not parts or lines + self._buffer[0].lines <= self.max_batch_lines
+        ):
             entry = self._buffer.popleft()
             parts.append(entry.payload)
             lines += entry.lines
@@ -342,7 +350,7 @@ class IngestPipeline:
         last = self._taken
         while self._replay:
             position, payload, count = self._replay[0]
-            if parts and lines + count > self.batch_lines:
+            if parts and lines + count > self.max_batch_lines:
                 break
             self._replay.popleft()
             parts.append(payload)
@@ -358,8 +366,8 @@ class IngestPipeline:
         kept in replay mode) begin, or at the spool's end. Under a steady stream the spool
         grows during every read, so replay alone would never find its end; with the tail it
         only has to reach the tail's first record. The read-ahead and the tail then become
-        the buffer (if they fit in half of it, so the next submission does not spill at
-        once). No await between check and switch: no submission can slip past both.
+        the buffer (if they leave it a batch's worth of room, so the next submission does
+        not spill at once). No await between check and switch: no submission can slip past both.
         """
         replay, tail = self._replay, self._tail
         end = replay[-1][0] if replay else self._taken
@@ -371,8 +379,8 @@ class IngestPipeline:
         elif self.spool.has_records_after(end):
             return False  # appended while tail was off (closing): read on
         replayed_lines = sum(count for _, _, count in replay)
-        if replayed_lines + self._tail_lines > self.max_buffer_lines // 2:
-            return False
+        if replayed_lines + self._tail_lines > self.max_buffer_lines - self.batch_lines:
+            return False  # room for a batch's worth more, so the next one does not spill
         for position, payload, count in replay:
             # arrived long ago: these go out without waiting for the batch interval
             self._buffer.append(_Entry(position, payload, count, arrived=-math.inf))
