@@ -167,24 +167,28 @@ class AlertEngine:
     def on_reading(self, reading: Reading, params: RuleParams) -> Outcome:
         """Judge one validated, deduplicated reading; amortised O(1)."""
         now = self._clock()
-        key = (reading.team, reading.cuff)
+        team, cuff_id = reading.team, reading.cuff
+        key = (team, cuff_id)
         cuff = self._cuffs.get(key)
         if cuff is None:
-            ev = CuffEvidence(reading.team, reading.cuff, reading.athlete, reading.limb.value)
+            ev = CuffEvidence(team, cuff_id, reading.athlete, reading.limb.value)
             cuff = self._cuffs[key] = _Cuff(ev)
         ev = cuff.ev
         cuff.params = params
+        was_inflated = ev.inflated
         ended = ev.observe(reading, params, now)
-        if reading.inflated:
-            self._inflated[key] = cuff
-        else:
-            self._inflated.pop(key, None)
+        inflated = ev.inflated
+        if inflated is not was_inflated:  # only forget() drops a cuff from _inflated otherwise
+            if inflated:
+                self._inflated[key] = cuff
+            else:
+                self._inflated.pop(key, None)
         at = reading.ts_ms
         self._now = now
         self._at_ms = at
         self._push = now * 1000.0 - at <= params.alert_max_age_s * 1000.0  # backlog: no push
         judge = self._judge
-        dev = ev.last_ts_ms if ev.last_ts_ms is not None else at
+        dev = ev.last_ts_ms if ev.last_ts_ms is not None else at  # set by observe
         if cuff.alerts:
             judge(cuff, AlertKind.OVER_PRESSURE, rules.judge_over_pressure(ev, params))
             judge(cuff, AlertKind.UNDER_PRESSURE, rules.judge_under_pressure(ev, params))

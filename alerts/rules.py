@@ -124,15 +124,17 @@ class Bout:
         self.target: float | None = None
         self.alerts = 0  # alerts raised (or reopened) on the cuff during this bout
 
-    def add(self, ts_ms: int, r: Reading, target: float | None, p: RuleParams) -> None:
-        """Fold one inflated reading of this bout into the statistics."""
+    def add(
+        self, ts_ms: int, elapsed_s: float, x: float, *, plausible: bool,
+        target: float | None, p: RuleParams,
+    ) -> None:
+        """Fold one inflated reading (pressure `x`) of this bout into the statistics."""
         self.last_ts_ms = ts_ms
-        self.last_elapsed_s = r.elapsed_s
-        if r.elapsed_s >= p.max_bout_s:
+        self.last_elapsed_s = elapsed_s
+        if elapsed_s >= p.max_bout_s:
             self.hit_max = True
-        if not r.plausible:
+        if not plausible:
             return
-        x = r.pressure_mmhg
         if self.n == 0:
             self.min_p = self.max_p = x
         elif x < self.min_p:
@@ -173,10 +175,10 @@ class CuffEvidence:
     """What the rules know about one cuff: last reading, bout, windows, faults, battery."""
 
     __slots__ = (
-        "athlete", "band_mean", "below_since_ms", "bout", "cuff", "fault_at", "fault_floor",
-        "fault_now", "fault_threshold", "fault_value", "hard_mmhg", "hard_ms", "inflated",
-        "last_end_ms", "last_hit_max", "last_seen", "last_seq", "last_ts_ms", "limb", "lop_mean",
-        "means", "session", "target", "team",
+        "_limb", "athlete", "band_mean", "below_since_ms", "bout", "cuff", "fault_at",
+        "fault_floor", "fault_now", "fault_threshold", "fault_value", "hard_mmhg", "hard_ms",
+        "inflated", "last_end_ms", "last_hit_max", "last_seen", "last_seq", "last_ts_ms", "limb",
+        "lop_mean", "means", "session", "target", "team",
     )
 
     def __init__(self, team: str, cuff: str, athlete: str, limb: str) -> None:
@@ -184,6 +186,7 @@ class CuffEvidence:
         self.cuff = cuff
         self.athlete = athlete
         self.limb = limb
+        self._limb: object = None  # the Limb `limb` was read from
         self.last_ts_ms: int | None = None  # device time, clamped to never go backwards
         self.last_seen = 0.0  # gateway clock at the last reading
         self.last_seq: int | None = None
@@ -222,40 +225,45 @@ class CuffEvidence:
         self.fault_threshold[i] = threshold
 
     def observe(self, r: Reading, p: RuleParams, now: float) -> BoutSummary | None:
-        """Fold a reading in (clock `now`); return the bout it ended, if any."""
-        ts = r.ts_ms
+        """Fold a reading in (clock `now`); return the bout it ended, if any.
+
+        Once per reading: the reading is unpacked once and nothing is looked up twice.
+        """
+        _, _, athlete, limb, ts, seq, x, elapsed, inflated, own_target, _, _, _ = r
         last_ts = self.last_ts_ms
         if last_ts is not None and ts < last_ts:
             ts = last_ts  # out-of-order device time: windows need a monotonic clock
-        self.athlete = r.athlete
-        self.limb = r.limb.value
+        self.athlete = athlete
+        if limb is not self._limb:  # Limb.value is an enum descriptor: read it on change only
+            self._limb = limb
+            self.limb = limb.value
         self.fault_now = False
-        if self.last_seq is not None and (r.seq - self.last_seq) % SEQ_MODULUS >= SEQ_HALF:
+        last_seq = self.last_seq
+        if last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF:
             self._fault(_SEQ_BACK_I, now, None, None)
-        self.last_seq = r.seq
-        x = r.pressure_mmhg
-        plausible = r.plausible
+        self.last_seq = seq
+        plausible = PLAUSIBLE_MIN_MMHG <= x <= PLAUSIBLE_MAX_MMHG
         if not plausible:
             bound = PLAUSIBLE_MAX_MMHG if x > PLAUSIBLE_MAX_MMHG else PLAUSIBLE_MIN_MMHG
             self._fault(_IMPLAUSIBLE_I, now, x, bound)
         if x >= p.hard_max_mmhg:  # the hard ceiling counts any reading, plausible or not
             self.hard_ms = ts
             self.hard_mmhg = x
-        target = r.target_mmhg if r.target_mmhg is not None else p.target_mmhg
+        target = own_target if own_target is not None else p.target_mmhg
         self.target = target
 
         ended: BoutSummary | None = None
         bout = self.bout
-        if r.inflated:
-            if bout is not None and r.elapsed_s < bout.last_elapsed_s:
-                if ts - r.elapsed_s * 1000.0 >= bout.last_ts_ms - NEW_BOUT_SLACK_MS:
+        if inflated:
+            if bout is not None and elapsed < bout.last_elapsed_s:
+                if ts - elapsed * 1000.0 >= bout.last_ts_ms - NEW_BOUT_SLACK_MS:
                     ended = self._end_bout(bout, bout.last_ts_ms)
                     bout = None
                 else:
-                    self._fault(_ELAPSED_BACK_I, now, r.elapsed_s, bout.last_elapsed_s)
+                    self._fault(_ELAPSED_BACK_I, now, elapsed, bout.last_elapsed_s)
             if bout is None:
                 bout = self._start_bout(ts, r, p)
-            bout.add(ts, r, target, p)
+            bout.add(ts, elapsed, x, plausible=plausible, target=target, p=p)
         elif bout is not None:
             ended = self._end_bout(bout, ts)
 
@@ -265,7 +273,7 @@ class CuffEvidence:
             self.lop_mean, band_mean = self.means.means()
         self.band_mean = band_mean
         if (
-            not r.inflated
+            not inflated
             or target is None
             or band_mean is None
             or band_mean >= target - p.tolerance_mmhg
@@ -273,7 +281,7 @@ class CuffEvidence:
             self.below_since_ms = None
         elif self.below_since_ms is None:
             self.below_since_ms = ts
-        self.inflated = r.inflated
+        self.inflated = inflated
         self.last_ts_ms = ts
         self.last_seen = now
         return ended
