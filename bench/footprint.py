@@ -23,6 +23,7 @@ from bench.infra import (
     GatewayProcess,
     Servers,
     cuffwatch_command,
+    forget_gateway,
     gateway_config,
     gateways,
     roster,
@@ -108,6 +109,7 @@ def startup(srv: Servers, *, runs: int, cuffs: int) -> dict[str, Any]:
             times.append(gw.wait_ready())
         finally:
             gw.stop()
+            forget_gateway(srv, f"start{k}")
     return {
         "runs": runs,
         "roster_cuffs": cuffs,

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -336,9 +337,11 @@ def gateways(srv: Servers, *, database: str, teams: dict[str, Any],
              fixes: tuple[str, ...] = ()) -> Iterator[list[GatewayProcess]]:
     """Start one gateway per partition (a tuple of teams; () = every team), all ready."""
     procs: list[GatewayProcess] = []
+    names: list[str] = []
     try:
         for k, part in enumerate(partitions):
             name = f"{label}{k + 1}-{int(time.time() * 1000) % 10**8}"
+            names.append(name)
             cfg, port = gateway_config(srv, name=name, database=database, teams=teams,
                                        broker_teams=part)
             procs.append(GatewayProcess(cfg, port, srv.tmp / f"{name}.log", fixes).start())
@@ -349,6 +352,39 @@ def gateways(srv: Servers, *, database: str, teams: dict[str, Any],
     finally:
         for p in procs:
             p.stop()
+        for name in names:
+            forget_gateway(srv, name)
+
+
+def connect_packet(client_id: str, *, clean: bool) -> bytes:
+    """An MQTT 3.1.1 CONNECT, keepalive off (a dead broker closes the socket)."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04" + (b"\x02" if clean else b"\x00") + b"\x00\x00"
+    body += len(cid).to_bytes(2, "big") + cid
+    return b"\x10" + bytes([len(body)]) + body  # client ids here keep it under 128 bytes
+
+
+def forget_sessions(host: str, port: int, client_ids: list[str]) -> int:
+    """Connect each client id with a clean session and leave: the broker drops its session."""
+    done = 0
+    for cid in client_ids:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(connect_packet(cid, clean=True))
+            if s.recv(4)[:1] == b"\x20":
+                done += 1
+            s.sendall(b"\xe0\x00")
+    return done
+
+
+def forget_gateway(srv: Servers, name: str) -> None:
+    """Drop a finished gateway's persistent session (client id `cuffwatch-<name>`).
+
+    Left in place, every stopped gateway's session keeps its subscriptions for an hour
+    and the broker queues every later benchmark's messages for it: by the latency run
+    five dead sessions multiplied the broker's work, and its autosave of millions of queued
+    messages stalled it for seconds (an alert latency of 2.35 s in one run).
+    """
+    forget_sessions(srv.mosquitto.host, srv.mosquitto.port, [f"cuffwatch-{name}"])
 
 
 def cpu_seconds(pid: int | None) -> float:

@@ -1,4 +1,4 @@
-"""In-process measurements behind the hot-path proposals: the cost now, the cost proposed.
+"""In-process measurements of hot-path functions: the cost now against an alternative.
 
 Each pair times the gateway's own code against the proposed replacement on the same
 input (best of a few rounds of `timeit`, µs per call), or, for the dedup window, the

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +48,8 @@ from bench.infra import (
     TOPIC_ROOT,
     GatewayProcess,
     Servers,
+    connect_packet,
+    forget_sessions,
     gateway_config,
     http_get,
     load_cuffs,
@@ -102,14 +103,6 @@ FULL = Profile(cuffs=200, warm_s=15, freeze_s=15, influx_down_s=15, gateway_down
 
 
 # -- the publishing cuffs (child process) ----------------------------------------------------------
-
-
-def connect_packet(client_id: str, *, clean: bool) -> bytes:
-    """An MQTT 3.1.1 CONNECT, keepalive off (a dead broker closes the socket)."""
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04" + (b"\x02" if clean else b"\x00") + b"\x00\x00"
-    body += len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + bytes([len(body)]) + body  # client ids here keep it under 128 bytes
 
 
 def reading_json(seq: int, ts_ms: int, rate: int, offset_s: int, target: float) -> str:
@@ -383,18 +376,6 @@ class SoakPublisher:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-
-
-def forget_sessions(host: str, port: int, client_ids: list[str]) -> int:
-    """Connect each client id with a clean session and leave: the broker drops its session."""
-    done = 0
-    for cid in client_ids:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=5) as s:
-            s.sendall(connect_packet(cid, clean=True))
-            if s.recv(4)[:1] == b"\x20":
-                done += 1
-            s.sendall(b"\xe0\x00")
-    return done
 
 
 # -- the monitor -----------------------------------------------------------------------------------
