@@ -33,6 +33,7 @@ class Sizes:
     broker_array_messages: int
     influx_points: int
     e2e_target_s: float
+    repeats: int  # broker ceiling and end to end at 1 reading/message: the median of this many
     cuffs: int
     latency_samples: int
     latency_load_s: float
@@ -41,18 +42,27 @@ class Sizes:
 
 
 FULL = Sizes(broker_messages=200_000, broker_array_messages=30_000, influx_points=500_000,
-             e2e_target_s=25.0, cuffs=1000, latency_samples=300, latency_load_s=20.0,
+             e2e_target_s=25.0, repeats=3, cuffs=1000, latency_samples=300, latency_load_s=20.0,
              rss_s=60.0, startup_runs=5)
 QUICK = Sizes(broker_messages=40_000, broker_array_messages=6_000, influx_points=100_000,
-              e2e_target_s=5.0, cuffs=1000, latency_samples=60, latency_load_s=8.0,
+              e2e_target_s=5.0, repeats=1, cuffs=1000, latency_samples=60, latency_load_s=8.0,
               rss_s=15.0, startup_runs=2)
 
 Bench = Callable[[Servers, Sizes, dict[str, Any], tuple[str, ...]], None]
 
 
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median `key` (odd count), carrying every run's figure for the record."""
+    ordered = sorted(runs, key=lambda run: float(run.get(key) or 0.0))
+    return {**ordered[len(ordered) // 2], f"{key}_runs": [run.get(key) for run in runs]}
+
+
 def _broker(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
     r["broker_ceiling"] = {
-        "single": ceilings.broker(srv, messages=s.broker_messages, batch=1, cuffs=s.cuffs),
+        # the ratio's denominator varied ±20% between runs of a few seconds: median of N
+        "single": _median_run(
+            [ceilings.broker(srv, messages=s.broker_messages, batch=1, cuffs=s.cuffs)
+             for _ in range(s.repeats)], "msg_per_s"),
         "array10": ceilings.broker(srv, messages=s.broker_array_messages, batch=10,
                                    cuffs=s.cuffs),
     }
@@ -67,8 +77,10 @@ def _influx(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -
 
 def _e2e(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
     r["e2e"] = {
-        "single": throughput.e2e(srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s,
-                                 fixes=fixes, label="e2e_single"),
+        "single": _median_run(
+            [throughput.e2e(srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s,
+                            fixes=fixes, label=f"e2e_single{k}") for k in range(s.repeats)],
+            "readings_per_s"),
         "array10": throughput.e2e(srv, batch=10, cuffs=s.cuffs, target_s=s.e2e_target_s,
                                   fixes=fixes, label="e2e_array10"),
     }
