@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))  # tests/servers.py: stdlib-only server 
 from servers import (  # noqa: E402 - needs the path above
     InfluxDB1Server,
     MosquittoServer,
+    dump_toml,
     free_port,
 )
 
@@ -111,35 +112,6 @@ def roster(n_load: int, n_latency: int) -> dict[str, Any]:
     return teams
 
 
-def toml_dumps(data: Mapping[str, Any]) -> str:
-    """Nested tables of str/int/float/bool/list values as TOML (every key quoted)."""
-    out: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    def table(prefix: list[str], t: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in t.items() if not isinstance(v, Mapping)}
-        if prefix and scalars:
-            out.append("[" + ".".join(json.dumps(p) for p in prefix) + "]")
-        for k, v in scalars.items():
-            out.append(f"{json.dumps(k)} = {value(v)}")
-        for k, v in t.items():
-            if isinstance(v, Mapping):
-                table([*prefix, k], v)
-
-    table([], data)
-    return "\n".join(out) + "\n"
-
-
 # -- servers ---------------------------------------------------------------------------------------
 
 
@@ -216,7 +188,7 @@ def gateway_config(
         "teams": teams,
     }
     path = srv.tmp / f"{name}.toml"
-    path.write_text(toml_dumps(config))
+    path.write_text(dump_toml(config))
     return path, port
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from servers import dump_toml
 
 from gateway.app import Gateway
 from gateway.config import Settings, load_settings
@@ -128,40 +129,8 @@ def write_config(path: Path, settings: Settings) -> Path:
     import tomllib  # noqa: F401 - the format we emit must load back with it
 
     data = settings.model_dump(mode="json", exclude_none=True)
-    path.write_text(_to_toml(data))
+    path.write_text(dump_toml(data))
     return path
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    simple = {k: v for k, v in data.items() if not isinstance(v, dict)
-              and not (isinstance(v, list) and v and isinstance(v[0], dict))}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    arrays = {k: v for k, v in data.items() if isinstance(v, list) and v
-              and isinstance(v[0], dict)}
-    out = []
-    if prefix and (simple or not tables):
-        out.append(f"[{prefix}]")
-    out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in simple.items()]
-    for k, v in tables.items():
-        out.append(_to_toml(v, f"{prefix}.{json.dumps(k)}" if prefix else json.dumps(k)))
-    for k, items in arrays.items():
-        for item in items:
-            name = f"{prefix}.{json.dumps(k)}" if prefix else json.dumps(k)
-            out.append(f"[[{name}]]")
-            out += [f"{json.dumps(ik)} = {_toml_value(iv)}" for ik, iv in item.items()]
-    return "\n".join(out) + "\n"
 
 
 class GatewayProcess:

@@ -519,7 +519,7 @@ class InfluxDB1Server(ServerProcess):
             capture_output=True,
             env=_clean_env(self.env_prefixes),
         ).stdout.decode()
-        self.config_path.write_text(_dump_toml(self._rewrite(tomllib.loads(defaults))))
+        self.config_path.write_text(dump_toml(self._rewrite(tomllib.loads(defaults))))
 
     def _rewrite(self, config: dict[str, Any]) -> dict[str, Any]:
         """Move every dir into tmpdir and every listener to 127.0.0.1; turn off the extras."""
@@ -631,32 +631,44 @@ def quote_ident(name: str) -> str:
 
 
 def _toml_value(value: Any) -> str:
-    """One TOML value (the scalar and list types influxd's config holds)."""
+    """One TOML value: a scalar, or a list of them."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _dump_toml(config: Mapping[str, Any]) -> str:
-    """Serialise influxd's two-level config (scalars, tables, arrays of tables) as TOML."""
-    out: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            tables.append((f"[{key}]", value))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.extend((f"[[{key}]]", entry) for entry in value)
-        else:
-            out.append(f"{key} = {_toml_value(value)}")
-    for header, table in tables:
-        out.extend(["", header])
-        out.extend(f"  {key} = {_toml_value(value)}" for key, value in table.items())
+def dump_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """Nested tables, scalars, lists and arrays of flat tables as TOML (keys quoted).
+
+    The one writer for the configs the tests and the bench hand to real programs: influxd's,
+    and cuffwatch's (which reads it back with tomllib).
+    """
+    def is_table_array(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    def name(key: str) -> str:
+        return f"{prefix}.{json.dumps(key)}" if prefix else json.dumps(key)
+
+    simple = {k: v for k, v in data.items()
+              if not isinstance(v, Mapping) and not is_table_array(v)}
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    out = []
+    if prefix and (simple or not tables):
+        out.append(f"[{prefix}]")
+    out += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in simple.items()]
+    for k, v in tables.items():
+        out.append(dump_toml(v, name(k)))
+    for k, items in data.items():
+        if is_table_array(items):
+            for item in items:
+                out.append(f"[[{name(k)}]]")
+                out += [f"{json.dumps(ik)} = {_toml_value(iv)}" for ik, iv in item.items()]
     return "\n".join(out) + "\n"
 
 
