@@ -189,38 +189,34 @@ class AlertEngine:
         self._push = now * 1000.0 - at <= params.alert_max_age_s * 1000.0  # backlog: no push
         judge = self._judge
         dev = ev.last_ts_ms if ev.last_ts_ms is not None else at  # set by observe
-        if cuff.alerts:
-            judge(cuff, AlertKind.OVER_PRESSURE, rules.judge_over_pressure(ev, params))
-            judge(cuff, AlertKind.UNDER_PRESSURE, rules.judge_under_pressure(ev, params))
-            judge(cuff, AlertKind.OVER_TIME, rules.judge_over_time(ev, params))
-            judge(cuff, AlertKind.SHORT_REPERFUSION, rules.judge_short_reperfusion(ev))
-            judge(cuff, AlertKind.SESSION_OVER_TIME, rules.judge_session(ev, params, dev, dev))
+        # CLEAR and UNKNOWN change nothing on a kind with no alert: a judgement goes through
+        # the lifecycle only when a row holds or an alert of its kind is tracked (the common
+        # quiet reading skips _judge entirely; same transitions either way). `alerts and`
+        # first: an enum member hashes in Python, and most cuffs have no alert to look up.
+        alerts = cuff.alerts
+        j = rules.judge_over_pressure(ev, params)
+        if j.__class__ is Verdict or (alerts and AlertKind.OVER_PRESSURE in alerts):
+            judge(cuff, AlertKind.OVER_PRESSURE, j)
+        j = rules.judge_under_pressure(ev, params)
+        if j.__class__ is Verdict or (alerts and AlertKind.UNDER_PRESSURE in alerts):
+            judge(cuff, AlertKind.UNDER_PRESSURE, j)
+        j = rules.judge_over_time(ev, params)
+        if j.__class__ is Verdict or (alerts and AlertKind.OVER_TIME in alerts):
+            judge(cuff, AlertKind.OVER_TIME, j)
+        j = rules.judge_short_reperfusion(ev)
+        if j.__class__ is Verdict or (alerts and AlertKind.SHORT_REPERFUSION in alerts):
+            judge(cuff, AlertKind.SHORT_REPERFUSION, j)
+        j = rules.judge_session(ev, params, dev, dev)
+        if j.__class__ is Verdict or (alerts and AlertKind.SESSION_OVER_TIME in alerts):
+            judge(cuff, AlertKind.SESSION_OVER_TIME, j)
+        if alerts and AlertKind.CUFF_OFFLINE in alerts:
             judge(cuff, AlertKind.CUFF_OFFLINE, CLEAR)  # a reading arrived
-        else:
-            # The common case, a cuff with no alert: CLEAR and UNKNOWN change nothing, so only
-            # a holding row goes through the lifecycle (same transitions, a third of the work).
-            j = rules.judge_over_pressure(ev, params)
-            if j.__class__ is Verdict:
-                judge(cuff, AlertKind.OVER_PRESSURE, j)
-            j = rules.judge_under_pressure(ev, params)
-            if j.__class__ is Verdict:
-                judge(cuff, AlertKind.UNDER_PRESSURE, j)
-            if ev.bout is not None:  # over_time and short_reperfusion need an open bout
-                j = rules.judge_over_time(ev, params)
-                if j.__class__ is Verdict:
-                    judge(cuff, AlertKind.OVER_TIME, j)
-                j = rules.judge_short_reperfusion(ev)
-                if j.__class__ is Verdict:
-                    judge(cuff, AlertKind.SHORT_REPERFUSION, j)
-            j = rules.judge_session(ev, params, dev, dev)
-            if j.__class__ is Verdict:
-                judge(cuff, AlertKind.SESSION_OVER_TIME, j)
         if ev.fault_now:
             judge(cuff, AlertKind.SENSOR_FAULT, rules.judge_sensor_fault(ev, now))
         battery = reading.battery_pct
         if battery is not None:
             j = rules.judge_battery(battery)
-            if j.__class__ is Verdict or AlertKind.BATTERY_LOW in cuff.alerts:
+            if j.__class__ is Verdict or (alerts and AlertKind.BATTERY_LOW in alerts):
                 judge(cuff, AlertKind.BATTERY_LOW, j)
         out = self._out
         if not out:

@@ -35,6 +35,7 @@ SEQ_HALF: Final = 1 << 31  # serial-number arithmetic (RFC 1982): a step of ≥ 
 # whole-second elapsed counters. A restart reaching further back is a sensor fault.
 NEW_BOUT_SLACK_MS: Final = 1000
 HARD_WINDOW_MS: Final = round(HARD_WINDOW_S * 1000)
+_IPC: Final = Protocol.IPC  # an enum member looked up once, not per reading (~150 ns each)
 UNDER_PRESSURE_AFTER_MS: Final = round(UNDER_PRESSURE_AFTER_S * 1000)
 
 
@@ -324,7 +325,7 @@ def judge_over_pressure(ev: CuffEvidence, p: RuleParams) -> Judgement:
     # a deflated one has nothing left to judge (else an alert would outlive the cuff's silence).
     unknown = False
     lop = p.lop_mmhg
-    if lop is not None and p.protocol is not Protocol.IPC:
+    if lop is not None and p.protocol is not _IPC:
         m = ev.lop_mean
         if m is None:
             unknown = ev.inflated
