@@ -1,6 +1,8 @@
 """Device-time windows the rules judge by: rolling means and the 60 min occlusion window.
 
-Both are amortised O(1) per reading: running sums over deques, evicted from the left.
+Both are amortised O(1) per reading: running sums, evicted from the left. PairedMeans is
+specified as two single-window means fed the same samples; that model, RollingMean, lives
+in tests/window_model.py, where the property tests hold the two together.
 """
 
 from __future__ import annotations
@@ -20,76 +22,13 @@ SURE_BELOW_MAX_BOUTS = 64
 COMPACT_AFTER = 256
 
 
-class RollingMean:
-    """Mean of the samples in the last `window_ms` of device time, counted once they span it."""
-
-    __slots__ = ("_adds", "_anchor_ms", "_last_ms", "_sum", "_ts", "_values", "window_ms")
-
-    def __init__(self, window_s: float) -> None:
-        self.window_ms = round(window_s * 1000)
-        self._ts: deque[int] = deque()
-        self._values: deque[float] = deque()
-        self._sum = 0.0
-        self._anchor_ms: int | None = None  # first sample of the current unbroken run
-        self._last_ms: int | None = None
-        self._adds = 0
-
-    def reset(self) -> None:
-        """Forget every sample: the mean waits for a whole window again."""
-        self._ts.clear()
-        self._values.clear()
-        self._sum = 0.0
-        self._anchor_ms = None
-        self._last_ms = None
-
-    def add(self, ts_ms: int, value: float) -> float | None:
-        """Add a sample (`ts_ms` must not go backwards: callers clamp it); return `mean()`."""
-        last = self._last_ms
-        if last is not None and ts_ms - last > self.window_ms:
-            self.reset()  # a gap longer than the window: start over
-        anchor = self._anchor_ms
-        if anchor is None:
-            anchor = self._anchor_ms = ts_ms
-        self._last_ms = ts_ms
-        ts, values = self._ts, self._values
-        ts.append(ts_ms)
-        values.append(value)
-        total = self._sum + value
-        horizon = ts_ms - self.window_ms
-        while ts[0] < horizon or len(ts) > MAX_WINDOW_SAMPLES:
-            ts.popleft()
-            total -= values.popleft()
-        self._adds += 1
-        if self._adds >= RESUM_EVERY:
-            self._adds = 0
-            total = sum(values)
-        self._sum = total
-        # the mean, inlined (one call per sample on the hot path instead of three)
-        return total / len(values) if ts_ms - anchor >= self.window_ms else None
-
-    @property
-    def spans(self) -> bool:
-        """True once the unbroken run of samples covers the whole window."""
-        anchor, last = self._anchor_ms, self._last_ms
-        return anchor is not None and last is not None and last - anchor >= self.window_ms
-
-    def mean(self) -> float | None:
-        """The mean over the window, or None while the samples do not span it yet."""
-        if not self.spans:
-            return None
-        return self._sum / len(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 class PairedMeans:
-    """Two `RollingMean`s over one sample stream (short ⊆ long window), kept in one pass.
+    """Two rolling means over one sample stream (short ⊆ long window), kept in one pass.
 
-    Exactly what two RollingMeans fed the same samples give (same resets, same sums in the
-    same order, same caps), at about half the cost: one append per sample and the short
-    window's start kept as an index into the long window's lists. The rules' 2 s LOP mean
-    and 5 s band mean are such a pair.
+    Exactly what two single-window means (tests/window_model.py) fed the same samples
+    give (same resets, same sums in the same order, same caps), at about half the cost:
+    one append per sample and the short window's start kept as an index into the long
+    window's lists. The rules' 2 s LOP mean and 5 s band mean are such a pair.
     """
 
     __slots__ = (

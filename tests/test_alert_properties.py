@@ -10,6 +10,7 @@ from collections import defaultdict
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_alert_support import Rig, arm_params, leg_params
+from window_model import RollingMean
 
 from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.params import RuleParams
@@ -19,7 +20,6 @@ from alerts.window import (
     RESUM_EVERY,
     OcclusionWindow,
     PairedMeans,
-    RollingMean,
 )
 from gateway.model import Severity
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 from test_alert_support import T0, Rig, arm_params, ipc_params, leg_params
+from window_model import RollingMean
 
 from alerts.engine import NOTHING, AlertEngine, ulid_factory
 from alerts.model import Alert, AlertKind, AlertState, Change, Transition
 from alerts.params import RuleParams
-from alerts.window import OcclusionWindow, RollingMean
+from alerts.window import OcclusionWindow
 from gateway.model import Severity
 
 OP = AlertKind.OVER_PRESSURE
