@@ -32,7 +32,7 @@ from gateway.decode import (
 )
 from gateway.health import Counters, GatewayCollector, HealthServer
 from gateway.model import CuffPhase, Reading
-from gateway.mqtt import FastResult, MqttLink, make_ssl_context
+from gateway.mqtt import STAGED, FastResult, MqttLink, Staged, make_ssl_context
 from gateway.state import CuffState, Fleet
 from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from ingest import lineproto
@@ -89,6 +89,11 @@ class Gateway:
         self.status = "offline"
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        # accepted readings (and their targets) and alert/bout lines of the messages staged
+        # since the link's last flush: formatted and spooled as one record by `_flush_stage`
+        self._stage_readings: list[Reading] = []
+        self._stage_targets: list[float | None] = []
+        self._stage_lines: list[str] = []
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -123,6 +128,7 @@ class Gateway:
             will=(self.topics.gateway_status(settings.instance), b"offline"),
             subscriptions=filters,
             on_message_fast=self._on_message_fast,
+            on_flush=self._flush_stage,
             wait_durable=self.pipeline.wait_durable,
             on_connected=self._on_connected,
             logger=log,
@@ -202,12 +208,16 @@ class Gateway:
 
     # -- the per-message path ---------------------------------------------------------------
 
-    def _on_message_fast(self, topic: str, payload: bytes, qos: int, retain: bool) -> FastResult:
+    def _on_message_fast(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> FastResult | Staged:
         """Handle a message synchronously as it is parsed (the hot path; see gateway/mqtt.py).
 
-        Telemetry returns the spool position of its lines: the link acknowledges the message
-        once that is fsynced. Everything else (status, assignment, acks, retained alerts, a
-        full spool) returns a coroutine: the slow path. Never raises.
+        Telemetry is STAGED: its alerts are out at once, its lines wait for `_flush_stage`,
+        which the link calls once the socket read that brought it is parsed, and the link
+        acknowledges the message once that spool record is fsynced. Everything else
+        (status, assignment, acks, retained alerts) returns a coroutine: the slow path.
+        Never raises.
         """
         self.counters.received += 1
         try:
@@ -215,9 +225,9 @@ class Gateway:
         except Exception:
             self.counters.internal_errors += 1
             log.exception("internal error handling a message on %s", topic[:200])
-            return None
+            return STAGED if self._stage_readings or self._stage_lines else None
 
-    def _handle_fast(self, topic: str, payload: bytes, retain: bool) -> FastResult:
+    def _handle_fast(self, topic: str, payload: bytes, retain: bool) -> FastResult | Staged:
         try:
             parsed = self.topics.parse(topic)
         except BadTopic as exc:
@@ -228,17 +238,30 @@ class Gateway:
         if parsed.kind is not TopicKind.TELEMETRY:
             return self._on_message_slow(parsed, payload, retain)
         try:
-            lines = self._telemetry_lines(parsed.team, parsed.cuff, payload)
+            staged = self._stage_telemetry(parsed.team, parsed.cuff, payload)
         except Rejected as rej:
             self._reject(Rejection(parsed.team, parsed.cuff, rej.reason, rej.detail, payload))
             return None
-        if not lines:
+        return STAGED if staged else None  # None: only duplicates, nothing to store
+
+    def _flush_stage(self) -> FastResult:
+        """Spool the staged messages' lines as one record; its position, or a coroutine.
+
+        The link calls it after each socket read, so a read's worth of messages costs one
+        record, one CRC and one pipeline entry, and the line formatting comes after every
+        alert of the read is out. A spool that cannot take the record (full, failing) gets a
+        coroutine that holds all of these messages until it does.
+        """
+        readings, targets, extra = self._stage_readings, self._stage_targets, self._stage_lines
+        if not readings and not extra:
             return None
-        body = _encode(lines)
+        self._stage_readings, self._stage_targets, self._stage_lines = [], [], []
+        lines = list(map(lineproto.telemetry_line, readings, targets))
+        lines += extra
         try:
-            return self.pipeline.submit_nowait(body, len(lines))
+            return self.pipeline.submit_nowait(_encode(lines), len(lines))
         except SpoolError:
-            return self._store(lines)  # hold the message until the spool takes it
+            return self._store(lines)  # hold the messages until the spool takes them
 
     async def _on_message_slow(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> None:
         """The slow path for non-telemetry messages; never raises."""
@@ -264,8 +287,8 @@ class Gateway:
             if self._inflight == 0:
                 self._idle.set()
 
-    def _telemetry_lines(self, team: str, cuff: str, payload: bytes) -> list[str]:
-        """Validate, dedup, run the rules, publish alerts; return the lines to store.
+    def _stage_telemetry(self, team: str, cuff: str, payload: bytes) -> bool:
+        """Validate, dedup, run the rules, publish alerts; stage what to store (True if any).
 
         Once per reading: everything loop-invariant is hoisted, and the cuff's summary
         (phase, last values, counters) is set once per message from its last reading.
@@ -276,8 +299,8 @@ class Gateway:
         received_ms = int(now_s * 1000)
         counters = self.counters
         counters.readings_received += len(raws)
-        lines: list[str] = []
-        append = lines.append
+        stage_reading = self._stage_readings.append
+        stage_target = self._stage_targets.append
         transitions: list[Transition] = []
         bouts: list[BoutSummary] = []
         is_duplicate = state.is_duplicate
@@ -285,7 +308,6 @@ class Gateway:
         rule_params = state.params
         settings = self.settings
         on_reading = self.engine.on_reading
-        telemetry_line = lineproto.telemetry_line
         oldest_ts: int | None = None
         reading: Reading | None = None
         accepted = 0
@@ -303,7 +325,8 @@ class Gateway:
             if reading.battery_pct is not None:
                 state.battery_pct = reading.battery_pct
             own = reading.target_mmhg
-            append(telemetry_line(reading, own if own is not None else params.target_mmhg))
+            stage_reading(reading)
+            stage_target(own if own is not None else params.target_mmhg)
             if outcome is not NOTHING:
                 if outcome.transitions:
                     transitions.extend(outcome.transitions)
@@ -318,12 +341,13 @@ class Gateway:
             state.last_pressure = reading.pressure_mmhg
             state.last_elapsed_s = reading.elapsed_s
         # alerts go out before anything touches the disk: the alert path never waits on storage
+        extra = self._stage_lines
         for t in transitions:
             self._deliver(t)
-            append(lineproto.alert_line(t))
+            extra.append(lineproto.alert_line(t))
         for b in bouts:
-            append(lineproto.bout_line(b))
-        return lines
+            extra.append(lineproto.bout_line(b))
+        return accepted > 0
 
     async def _store(self, lines: list[str]) -> None:
         """Make lines durable (spool group commit); hold the message while the spool is full."""

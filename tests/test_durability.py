@@ -305,3 +305,30 @@ async def test_gmqtt_publisher_sanity() -> None:
     # the helper above relies on gmqtt's storage API: fail loudly if it changes
     storage = gmqtt.Client("x")._persistent_storage
     assert hasattr(storage, "wait_empty")
+
+
+async def test_a_queued_backlog_is_spooled_a_read_at_a_time_and_acked_once(
+    mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
+    tmp_path: Path,
+) -> None:
+    # A backlog reaches the gateway as a burst: the messages of one socket read share one
+    # spool record (staged, then flushed once), and each is acknowledged once that record
+    # is fsynced: a later session gets nothing again.
+    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
+                                spool_dir=tmp_path / "spool", teams=TEAMS,
+                                influx=v1(influxdb, influx_db))
+    async with running_gateway(settings):
+        pass  # the session and its subscriptions now exist on the broker
+    async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        stream = Stream(dev, topic_root)
+        await stream.send(75, pause=0)  # 300 messages queued for the absent gateway
+        await stream.acked()
+        messages = 75 * len(CUFFS)
+        async with running_gateway(settings) as gw:
+            await assert_every_reading_once(influxdb, influx_db, stream)
+            await wait_for(lambda: gw.mqtt.pending_acks == 0, what="every message acknowledged")
+            assert gw.counters.received == messages
+            assert gw.spool.appended_records <= messages // 2, gw.spool.appended_records
+    async with running_gateway(settings) as gw:
+        await asyncio.sleep(1.0)
+        assert gw.counters.received == 0  # all 300 were acknowledged
