@@ -92,7 +92,8 @@ class MqttProbe:
 def gateway_settings(
     *, broker_url: str, topic_root: str, spool_dir: Path, teams: dict[str, Any],
     influx: dict[str, Any] | None = None, protocol: int = 5, instance: str | None = None,
-    alerts: dict[str, Any] | None = None, health: dict[str, Any] | None = None, **extra: Any,
+    alerts: dict[str, Any] | None = None, health: dict[str, Any] | None = None,
+    spool_max_bytes: int = 64 << 20, **extra: Any,
 ) -> Settings:
     """Settings for a test gateway: health on a free port, its own spool and client id."""
     return load_settings(
@@ -100,7 +101,7 @@ def gateway_settings(
         topic_root=topic_root,
         broker={"url": broker_url, "protocol": protocol, "username": "gateway"},
         influx=influx or {"api": "file", "file_dir": str(spool_dir / "lines")},
-        spool={"dir": str(spool_dir), "max_bytes": 64 << 20},
+        spool={"dir": str(spool_dir), "max_bytes": spool_max_bytes},
         health=health or {"host": "127.0.0.1", "port": 0},
         alerts=alerts or {},
         teams=teams,

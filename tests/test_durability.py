@@ -332,3 +332,38 @@ async def test_a_queued_backlog_is_spooled_a_read_at_a_time_and_acked_once(
     async with running_gateway(settings) as gw:
         await asyncio.sleep(1.0)
         assert gw.counters.received == 0  # all 300 were acknowledged
+
+
+async def test_a_full_spool_holds_messages_unacknowledged_until_influxdb_drains_it(
+    mosquitto: MosquittoServer, make_influxdb: Callable[[], InfluxDB1Server], topic_root: str,
+    tmp_path: Path,
+) -> None:
+    # SPEC §4: reaching the cap is loud (status degraded) and never a silent drop. The
+    # messages of a read whose record does not fit are held, unacknowledged, and stored
+    # once InfluxDB is back and the spool has room.
+    influxdb = make_influxdb()
+    influxdb.create_database("bfr")
+    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
+                                spool_dir=tmp_path / "spool", teams=TEAMS,
+                                influx=v1(influxdb, "bfr"),
+                                spool_max_bytes=1 << 20)
+    status = f"{topic_root}/_gateway/{settings.instance}/status"
+    async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        await dev.subscribe(status)
+        stream = Stream(dev, topic_root)
+        influxdb.pause()
+        try:
+            while gw.counters.backpressure_waits == 0:  # ~1 MiB of lines fills the spool
+                await stream.send(10, pause=0)
+                assert stream.total < 100_000, "the spool never filled"
+            await wait_for(lambda: dev.messages[status][-1][0] == b"degraded",
+                           what="status degraded while the spool is full")
+            assert gw.mqtt.pending_acks > 0  # held, not acknowledged, not dropped
+            assert gw.spool.bytes_used <= 1 << 20
+            await stream.send(10, pause=0)  # still arriving while full
+        finally:
+            influxdb.resume()
+        await assert_every_reading_once(influxdb, "bfr", stream)
+        await wait_for(lambda: gw.mqtt.pending_acks == 0, what="held messages acknowledged")
+        await wait_for(lambda: dev.messages[status][-1][0] == b"online",
+                       what="status online again")
