@@ -55,6 +55,11 @@ BACKSLASH_STANDIN = "\uff3c"
 # Distinct tag sets cached by the hot path: a club's cuffs × athletes × limbs fit many times over.
 TAG_CACHE_SIZE = 8192
 
+# Float field texts remembered by the hot path: cuffs repeat pressures (one decimal),
+# targets, battery levels and whole-second elapsed times, and a lookup costs a fifth of a
+# repr. Cleared when full, so it holds the current values and never grows past this.
+FLOAT_MEMO_SIZE = 16_384
+
 # A backslash followed by another backslash, a separator, a line break or the end of the text.
 _AMBIGUOUS_BACKSLASH = re.compile(r"\\(?=[\\,= \r\n]|\Z)")
 _NAME_SPECIALS = frozenset(",= \\\r\n")
@@ -167,26 +172,46 @@ def _telemetry_prefix(athlete: str, cuff: str, limb: str, team: str) -> str:
     return _tag_prefix(TELEMETRY, "athlete", athlete, "cuff", cuff, "limb", limb, "team", team)
 
 
+_float_texts: dict[float, str] = {}
+_known_float = _float_texts.get
+
+
+def _float_text(value: float) -> str:
+    """`repr(float(value))` of a finite value, remembered (see FLOAT_MEMO_SIZE).
+
+    Zero is "0.0" whatever its sign: -0.0 and 0.0 are one key, and the text must not
+    depend on which came first.
+    """
+    text = repr(float(value)) if value else "0.0"
+    if len(_float_texts) >= FLOAT_MEMO_SIZE:
+        _float_texts.clear()
+    _float_texts[value] = text
+    return text
+
+
 def telemetry_line(r: Reading, target_mmhg: float | None = None) -> str:
     """The `cuff_telemetry` point of one reading; `target_mmhg` overrides the reading's own.
 
-    On the hot path (once per reading): one cached prefix, the usual fields in one f-string.
+    On the hot path (once per reading): one cached prefix, the usual fields in one f-string,
+    float texts from a memo (`known(x) or _float_text(x)`: "0.0" is a true string too).
     """
     team, cuff, athlete, limb, ts, seq, p, e, inflated, own_target, battery, skew, _ = r
     prefix = _telemetry_prefix(athlete, cuff, limb, team)
     target = own_target if target_mmhg is None else target_mmhg
+    known = _known_float
     tail = ""
     if target is not None and isfinite(target):
-        tail = f",target_mmhg={float(target)!r}"
+        tail = f",target_mmhg={known(target) or _float_text(target)}"
     if battery is not None and isfinite(battery):
-        tail += f",battery_pct={float(battery)!r}"
+        tail += f",battery_pct={known(battery) or _float_text(battery)}"
     if skew is not None:
         tail += _opt("clock_skew_s", skew)
     flag = "true" if inflated else "false"
     if isfinite(p) and isfinite(e):
         return (
-            f"{prefix} seq={seq}i,inflated={flag},pressure_mmhg={float(p)!r},"
-            f"elapsed_s={float(e)!r}{tail} {ts}"
+            f"{prefix} seq={seq}i,inflated={flag},"
+            f"pressure_mmhg={known(p) or _float_text(p)},"
+            f"elapsed_s={known(e) or _float_text(e)}{tail} {ts}"
         )
     return (
         f"{prefix} seq={seq}i,inflated={flag}{_opt('pressure_mmhg', p)}"

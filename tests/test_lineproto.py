@@ -152,6 +152,29 @@ def test_non_finite_floats_are_omitted() -> None:
     assert "battery_pct" not in fields
 
 
+def test_float_memo_gives_exact_texts_in_any_order_and_stays_bounded() -> None:
+    # The hot path remembers float texts; what it writes must not depend on what came first.
+    def fields_text(line: str) -> str:
+        return line.split(" ")[1]
+
+    # more distinct values than the memo holds, so it is cleared on the way
+    values: list[float] = [i / 10 for i in range(-200, 20_001)] + [180, 0, -0.0, 1e-300, 1e300]
+    assert len(set(values)) > lineproto.FLOAT_MEMO_SIZE
+    for order in (values, values[::-1], values[:5000] * 2):
+        for v in order:
+            text = lineproto.telemetry_line(reading(pressure_mmhg=v, elapsed_s=v, battery_pct=v,
+                                                    target_mmhg=v))
+            field = repr(float(v)) if v else "0.0"
+            assert fields_text(text) == (
+                f"seq=42i,inflated=true,pressure_mmhg={field},elapsed_s={field},"
+                f"target_mmhg={field},battery_pct={field}"
+            )
+            assert len(lineproto._float_texts) <= lineproto.FLOAT_MEMO_SIZE
+    assert fields_text(lineproto.telemetry_line(reading(pressure_mmhg=-0.0))).startswith(
+        "seq=42i,inflated=true,pressure_mmhg=0.0,"
+    )
+
+
 def test_empty_tag_values_are_omitted() -> None:
     _, tags, _, _ = parse_line(lineproto.telemetry_line(reading(athlete="")))
     assert tags == {"cuff": "c7", "limb": "left_leg", "team": "t1"}
