@@ -38,7 +38,7 @@ from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline, PipelineState
 from ingest.sinks import Sink, make_sink
-from ingest.spool import Spool, SpoolError, SpoolFull
+from ingest.spool import Spool, SpoolFull
 
 log = logging.getLogger("cuffwatch.gateway")
 
@@ -94,6 +94,12 @@ class Gateway:
         self._stage_readings: list[Reading] = []
         self._stage_targets: list[float | None] = []
         self._stage_lines: list[str] = []
+        self._stage_dups = False  # a staged message repeated readings already taken
+        # _store coroutines run one at a time, in order; while one holds lines the spool
+        # refused (`_refusing`), every later record queues behind it
+        self._holding = 0
+        self._refusing = False
+        self._store_lock = asyncio.Lock()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -179,7 +185,9 @@ class Gateway:
         log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                while self.mqtt.pending_acks or not self._idle.is_set():  # noqa: ASYNC110
+                while (  # noqa: ASYNC110
+                    self.mqtt.pending_acks or self.mqtt.busy or not self._idle.is_set()
+                ):
                     await asyncio.sleep(DRAIN_POLL_S)
         await self.mqtt.cancel_slow()
         if self._timer_lines:
@@ -214,10 +222,11 @@ class Gateway:
         """Handle a message synchronously as it is parsed (the hot path; see gateway/mqtt.py).
 
         Telemetry is STAGED: its alerts are out at once, its lines wait for `_flush_stage`,
-        which the link calls once the socket read that brought it is parsed, and the link
-        acknowledges the message once that spool record is fsynced. Everything else
-        (status, assignment, acks, retained alerts) returns a coroutine: the slow path.
-        Never raises.
+        which the link calls once the socket read that brought it is parsed (at once for a
+        message gmqtt delivered), and the link acknowledges the message once that spool
+        record is fsynced. Everything else (status, assignment, acks, retained alerts)
+        returns a coroutine: the slow path. Never raises: on an internal error the readings
+        staged before it are still stored, with the message acknowledged after them.
         """
         self.counters.received += 1
         try:
@@ -238,30 +247,51 @@ class Gateway:
         if parsed.kind is not TopicKind.TELEMETRY:
             return self._on_message_slow(parsed, payload, retain)
         try:
-            staged = self._stage_telemetry(parsed.team, parsed.cuff, payload)
+            self._stage_telemetry(parsed.team, parsed.cuff, payload)
         except Rejected as rej:
             self._reject(Rejection(parsed.team, parsed.cuff, rej.reason, rej.detail, payload))
             return None
-        return STAGED if staged else None  # None: only duplicates, nothing to store
+        return STAGED
 
     def _flush_stage(self) -> FastResult:
         """Spool the staged messages' lines as one record; its position, or a coroutine.
 
         The link calls it after each socket read, so a read's worth of messages costs one
-        record, one CRC and one pipeline entry, and the line formatting comes after every
-        alert of the read is out. A spool that cannot take the record (full, failing) gets a
-        coroutine that holds all of these messages until it does.
+        record, one CRC and one pipeline entry, and the line formatting comes after the
+        read's alerts are out. A record the spool cannot take (full, failing) goes to a
+        coroutine that holds all of these messages until it does. A message of duplicates
+        only is acknowledged once everything stored before it is durable: its originals may
+        still be waiting for the disk. Never raises.
         """
         readings, targets, extra = self._stage_readings, self._stage_targets, self._stage_lines
+        dups, self._stage_dups = self._stage_dups, False
         if not readings and not extra:
-            return None
+            if not dups:
+                return None
+            return self._store([]) if self._refusing else self.spool.end_position
         self._stage_readings, self._stage_targets, self._stage_lines = [], [], []
-        lines = list(map(lineproto.telemetry_line, readings, targets))
+        try:
+            lines = list(map(lineproto.telemetry_line, readings, targets))
+        except Exception:  # noqa: BLE001 - a formatting bug costs its reading, not the read
+            lines = self._format_each(readings, targets)
         lines += extra
+        if self._refusing:
+            return self._store(lines)  # behind the records already held, in order
         try:
             return self.pipeline.submit_nowait(_encode(lines), len(lines))
-        except SpoolError:
-            return self._store(lines)  # hold the messages until the spool takes them
+        except Exception:  # noqa: BLE001 - SpoolError or whatever the disk raised: hold, retry
+            self._refusing = True
+            return self._store(lines)
+
+    def _format_each(self, readings: list[Reading], targets: list[float | None]) -> list[str]:
+        lines: list[str] = []
+        for reading, target in zip(readings, targets, strict=True):
+            try:
+                lines.append(lineproto.telemetry_line(reading, target))
+            except Exception:
+                self.counters.internal_errors += 1
+                log.exception("cannot format a reading of %s/%s", reading.team, reading.cuff)
+        return lines
 
     async def _on_message_slow(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> None:
         """The slow path for non-telemetry messages; never raises."""
@@ -287,8 +317,8 @@ class Gateway:
             if self._inflight == 0:
                 self._idle.set()
 
-    def _stage_telemetry(self, team: str, cuff: str, payload: bytes) -> bool:
-        """Validate, dedup, run the rules, publish alerts; stage what to store (True if any).
+    def _stage_telemetry(self, team: str, cuff: str, payload: bytes) -> None:
+        """Validate, dedup, run the rules, publish alerts; stage what to store.
 
         Once per reading: everything loop-invariant is hoisted, and the cuff's summary
         (phase, last values, counters) is set once per message from its last reading.
@@ -315,6 +345,7 @@ class Gateway:
             device_ts = raw.ts_ms()
             if is_duplicate(raw.seq, device_ts):
                 counters.duplicates += 1
+                self._stage_dups = True
                 continue
             reading = to_reading(state, raw, received_ms, device_ts)
             params = rule_params(settings, reading.athlete, reading.limb)
@@ -347,24 +378,43 @@ class Gateway:
             extra.append(lineproto.alert_line(t))
         for b in bouts:
             extra.append(lineproto.bout_line(b))
-        return accepted > 0
 
     async def _store(self, lines: list[str]) -> None:
-        """Make lines durable (spool group commit); hold the message while the spool is full."""
-        body = _encode(lines)
+        """Make lines durable (spool group commit), holding the messages they came from.
+
+        While the spool refuses them (full, or the disk failing) the messages stay
+        unacknowledged and this retries. Holds run one at a time, in the order they began,
+        so a later hold (or a duplicate's, with no lines) never completes before an earlier
+        one. Never raises but CancelledError (at shutdown: the broker redelivers).
+        """
+        self._holding += 1
+        try:
+            async with self._store_lock:
+                await self._store_held(lines)
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                self._refusing = False
+
+    async def _store_held(self, lines: list[str]) -> None:
+        body = _encode(lines) if lines else b""
         while True:
             try:
-                await self.pipeline.submit(body, len(lines))
+                if lines:
+                    await self.pipeline.submit(body, len(lines))
+                else:
+                    await self.pipeline.wait_durable(self.spool.end_position)
                 if self._spool_full:
                     self._spool_full = False
                     log.warning("spool has room again; accepting messages")
                 return
-            except SpoolError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the disk raised: hold and retry
+                self._refusing = True
                 if not isinstance(exc, SpoolFull):
                     # an fsync failed or the disk is gone: never acknowledge what is not
-                    # durable; hold the message and try again
+                    # durable; hold the messages and try again
                     self.counters.internal_errors += 1
-                    log.error("spool write failed (%s); holding the message", exc)
+                    log.error("spool write failed (%s); holding the message(s)", exc)
                     self._set_status("degraded")
                     await asyncio.sleep(SPOOL_FULL_RETRY_S)
                     continue

@@ -69,8 +69,9 @@ DEFAULT_MAX_BYTES = 1 << 30  # SPEC §4: the spool's default cap is 1 GiB
 # Written data is freed a segment at a time: 8 MiB frees space promptly while a rotation
 # (a file create plus one directory fsync) stays rare even at full load.
 DEFAULT_SEGMENT_BYTES = 8 << 20
-# A corrupt length field must not make recovery allocate gigabytes; one MQTT message's
-# lines (≤ 256 readings, a few KiB) are far below this.
+# A corrupt length field must not make recovery allocate gigabytes; the gateway's largest
+# record, the lines of one socket read's messages (a read is at most 256 KiB of packets,
+# and a line is about twice its reading's JSON), is far below this.
 MAX_RECORD_BYTES = 16 << 20
 # Recovery checks payload CRCs in chunks of this size, so its memory use is bounded.
 SCAN_CHUNK_BYTES = 1 << 20
@@ -397,7 +398,10 @@ class Spool:
             self._active_fd = None
             self._active_dirty = False
         seg = _Segment(base=self._end, path=self.directory / _segment_name(self._end))
-        self._open_active(seg, create=True)
+        try:
+            self._open_active(seg, create=True)
+        except OSError as exc:  # the next append tries again: nothing else has changed
+            raise SpoolError(f"cannot create spool segment {seg.path.name}: {exc}") from exc
         self._segments.append(seg)
         return seg
 

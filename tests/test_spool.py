@@ -20,6 +20,7 @@ from ingest.spool import (
     Spool,
     SpoolError,
     SpoolFull,
+    _segment_name,
 )
 
 
@@ -122,6 +123,27 @@ def test_spool_full_is_raised_and_cleared_when_space_is_freed(tmp_path: Path) ->
         assert spool.stats()["full"] == 0
         spool.append(b"y" * 50)
         assert spool.records_pending == 3
+
+
+def test_a_segment_that_cannot_be_created_is_a_spool_error_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # Whatever the disk raises reaches the caller as SpoolError (the gateway holds the
+    # messages and retries on it); the next append after the cause is gone just works.
+    record = HEADER_BYTES + 50
+    with Spool(tmp_path, segment_bytes=2 * record) as spool:
+        spool.append(b"a" * 50)
+        end = spool.append(b"b" * 50)
+        blocker = tmp_path / _segment_name(end)  # where the next segment must be created
+        blocker.mkdir()
+        with pytest.raises(SpoolError, match="cannot create spool segment"):
+            spool.append(b"c" * 50)
+        assert spool.end_position == end
+        assert spool.records_pending == 2
+        blocker.rmdir()
+        assert spool.append(b"c" * 50) == end + record
+        spool.sync()
+        assert [p for _, p in spool.read(0, 1 << 20)] == [b"a" * 50, b"b" * 50, b"c" * 50]
 
 
 def test_the_directory_is_locked_while_open(tmp_path: Path) -> None:
