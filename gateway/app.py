@@ -20,8 +20,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from alerts.engine import NOTHING, AlertEngine
-from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Transition
+from alerts.engine import NOTHING, AlertEngine, Outcome
+from alerts.model import Alert, AlertKind, AlertState, Transition
 from gateway.config import Assignment, Settings
 from gateway.decode import (
     Rejected,
@@ -41,6 +41,9 @@ from ingest.sinks import Sink, make_sink
 from ingest.spool import Spool, SpoolFull
 
 log = logging.getLogger("cuffwatch.gateway")
+# enum members as module globals: the per-message path reads them without the class lookup
+_INFLATED = CuffPhase.INFLATED
+_DEFLATED = CuffPhase.DEFLATED
 
 TICK_INTERVAL_S = 0.2  # stale/escalation/silence timers: well inside the 1 s alert budget
 STATS_INTERVAL_S = 10.0  # SPEC §4: gateway_stats every 10 s
@@ -331,8 +334,7 @@ class Gateway:
         counters.readings_received += len(raws)
         stage_reading = self._stage_readings.append
         stage_target = self._stage_targets.append
-        transitions: list[Transition] = []
-        bouts: list[BoutSummary] = []
+        outcomes: list[Outcome] | None = None  # the rare readings that changed an alert or a bout
         is_duplicate = state.is_duplicate
         to_reading = self.fleet.to_reading
         rule_params = state.params
@@ -359,25 +361,32 @@ class Gateway:
             stage_reading(reading)
             stage_target(own if own is not None else params.target_mmhg)
             if outcome is not NOTHING:
-                if outcome.transitions:
-                    transitions.extend(outcome.transitions)
-                if outcome.bout is not None:
-                    bouts.append(outcome.bout)
+                if outcomes is None:
+                    outcomes = []
+                outcomes.append(outcome)
         if reading is not None and oldest_ts is not None:
-            counters.lag_ms_max = max(counters.lag_ms_max, received_ms - oldest_ts)
+            lag = received_ms - oldest_ts
+            if lag > counters.lag_ms_max:  # noqa: PLR1730 - max() is a call per message
+                counters.lag_ms_max = lag
             counters.accepted += accepted
             state.accepted += accepted
             state.last_seen_s = now_s
-            state.phase = CuffPhase.INFLATED if reading.inflated else CuffPhase.DEFLATED
+            state.phase = _INFLATED if reading.inflated else _DEFLATED
             state.last_pressure = reading.pressure_mmhg
             state.last_elapsed_s = reading.elapsed_s
+        if outcomes is not None:
+            self._stage_outcomes(outcomes)
+
+    def _stage_outcomes(self, outcomes: list[Outcome]) -> None:
         # alerts go out before anything touches the disk: the alert path never waits on storage
         extra = self._stage_lines
-        for t in transitions:
-            self._deliver(t)
-            extra.append(lineproto.alert_line(t))
-        for b in bouts:
-            extra.append(lineproto.bout_line(b))
+        for o in outcomes:
+            for t in o.transitions:
+                self._deliver(t)
+                extra.append(lineproto.alert_line(t))
+        for o in outcomes:
+            if o.bout is not None:
+                extra.append(lineproto.bout_line(o.bout))
 
     async def _store(self, lines: list[str]) -> None:
         """Make lines durable (spool group commit), holding the messages they came from.
