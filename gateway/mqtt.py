@@ -515,6 +515,15 @@ class MqttLink:
         if self._slow:
             await asyncio.gather(*self._slow, return_exceptions=True)
 
+    @property
+    def unacked_publishes(self) -> int:
+        """Our QoS 1 publishes the broker has not acknowledged (gmqtt replays them)."""
+        return len(self.client._persistent_storage.get_all())
+
+    async def publishes_acked(self) -> None:
+        """Return once no publish of ours awaits the broker's acknowledgement."""
+        await self.client._persistent_storage.wait_empty()
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish; False if there is no connection (gmqtt resends QoS 1 on reconnect)."""
         try:

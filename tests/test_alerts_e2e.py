@@ -233,6 +233,46 @@ async def test_hard_ceiling_raises_a_retained_critical_alert_and_resolution_clea
         assert await nothing_retained(mosquitto, topic_root, topic)
 
 
+async def test_alerts_have_their_own_connection_and_outlast_its_loss(
+    mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
+) -> None:
+    # Alerts leave on a connection of their own (not queued behind the data connection's
+    # PUBACKs). Kicked off the broker (another client takes its id), the lane reconnects
+    # and an alert raised meanwhile still arrives, and a retained topic ends in its latest
+    # state.
+    settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1", "c2")})
+    ts0 = now_ms() - 20_000
+    async with running_gateway(settings) as gw, \
+            MqttProbe(mosquitto.host, mosquitto.port) as dev, \
+            MqttProbe(mosquitto.host, mosquitto.port) as watch:
+        await watch_alerts(watch, topic_root)
+        await wait_for(lambda: gw._alert_lane is gw.alert_link, what="alerts on their lane")
+        assert gw.alert_link.client._client_id != gw.mqtt.client._client_id
+        first = f"{topic_root}/t1/alerts/c1/over_pressure"
+        dev.publish(f"{topic_root}/t1/cuffs/c1/telemetry", reading(0, ts0, 262.0, 10.0))
+        await wait_for(lambda: states(watch, first) == ["firing"], what="first alert")
+
+        intruder = gmqtt.Client(gw.alert_link.client._client_id)
+        await intruder.connect(mosquitto.host, mosquitto.port)  # the broker drops the lane
+        await wait_for(lambda: not gw.alert_link.connected.is_set(), what="lane dropped")
+        second = f"{topic_root}/t1/alerts/c2/over_pressure"
+        dev.publish(f"{topic_root}/t1/cuffs/c2/telemetry", reading(0, ts0, 262.0, 10.0))
+        await wait_for(lambda: gw.counters.accepted == 2, what="second reading accepted")
+        await intruder.disconnect()
+        # the broker lost the lane's session with the takeover: the lane republishes the
+        # latest state of every alert topic
+        await wait_for(lambda: states(watch, second) == ["firing"], timeout=30,
+                       what="the alert raised while the lane was down")
+        assert gw.alert_link.connected.is_set()
+        assert gw.mqtt.connected.is_set()  # the data connection was never touched
+        for i in range(1, 7):  # the first cuff back in range for 5 s: resolved, cleared
+            dev.publish(f"{topic_root}/t1/cuffs/c1/telemetry",
+                        reading(i, ts0 + i * 1000, 150.0, 10.0 + i))
+        await wait_for(lambda: states(watch, first)[-2:] == ["resolved", None],
+                       what="first alert resolved")
+        assert await nothing_retained(mosquitto, topic_root, first)
+
+
 # -- 2. acknowledgement via the ack topic and the CLI, then refire -------------------------------
 
 
