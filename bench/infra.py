@@ -38,6 +38,7 @@ from servers import (  # noqa: E402 - needs the path above
 )
 
 from bench.mqttpub import Cuff, Plan  # noqa: E402
+from gateway.app import ALERT_LINK_SUFFIX  # noqa: E402
 
 TOPIC_ROOT = "bfr"  # SPEC §2's default root; the run's broker is private, so no collisions
 LOAD_TEAMS = ("t1", "t2")  # the load cuffs; two teams so scale-out can partition by team
@@ -349,14 +350,15 @@ def forget_sessions(host: str, port: int, client_ids: list[str]) -> int:
 
 
 def forget_gateway(srv: Servers, name: str) -> None:
-    """Drop a finished gateway's persistent session (client id `cuffwatch-<name>`).
+    """Drop a finished gateway's persistent sessions (`cuffwatch-<name>` and its alert lane).
 
     Left in place, every stopped gateway's session keeps its subscriptions for an hour
     and the broker queues every later benchmark's messages for it: by the latency run
     five dead sessions multiplied the broker's work, and its autosave of millions of queued
     messages stalled it for seconds (an alert latency of 2.35 s in one run).
     """
-    forget_sessions(srv.mosquitto.host, srv.mosquitto.port, [f"cuffwatch-{name}"])
+    forget_sessions(srv.mosquitto.host, srv.mosquitto.port,
+                    [f"cuffwatch-{name}", f"cuffwatch-{name}{ALERT_LINK_SUFFIX}"])
 
 
 def cpu_seconds(pid: int | None) -> float:
