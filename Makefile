@@ -20,8 +20,13 @@ venv: $(EDITABLE_STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The lock is complete (every transitive dependency, pinned and hashed), so pip installs it
+# as it is, without resolving: resolving lets pip look at releases newer than a pin (for a
+# dependency named with extras, e.g. amqtt's pwdlib[argon2]) and refuse them as unhashed.
+# `pip check` then proves the set consistent.
 $(LOCK_STAMP): requirements.lock | $(BIN)/python
-	$(BIN)/python -m pip install --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip check
 	touch $@
 
 $(EDITABLE_STAMP): pyproject.toml $(LOCK_STAMP)
