@@ -49,4 +49,5 @@ lint: venv
 	$(BIN)/mypy gateway alerts ingest dashboards tests bench
 
 bench: venv
+	scripts/ensure-services
 	$(BIN)/python -m bench

@@ -42,7 +42,7 @@ class Sizes:
 
 
 FULL = Sizes(broker_messages=200_000, broker_array_messages=30_000, influx_points=500_000,
-             e2e_target_s=25.0, repeats=3, cuffs=1000, latency_samples=300, latency_load_s=20.0,
+             e2e_target_s=25.0, repeats=3, cuffs=1000, latency_samples=600, latency_load_s=30.0,
              rss_s=60.0, startup_runs=5)
 QUICK = Sizes(broker_messages=40_000, broker_array_messages=6_000, influx_points=100_000,
               e2e_target_s=5.0, repeats=1, cuffs=1000, latency_samples=60, latency_load_s=8.0,

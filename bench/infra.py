@@ -456,6 +456,11 @@ class Publisher:
 
         return result
 
+    def renice(self, niceness: int) -> None:
+        """Set the publisher process's nice value (raising it needs no privilege)."""
+        assert self.proc is not None
+        os.setpriority(os.PRIO_PROCESS, self.proc.pid, niceness)
+
     def stop(self) -> None:
         """Ask the child to quit; kill it if it does not."""
         if self.proc is None:

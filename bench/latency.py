@@ -9,6 +9,14 @@ deflated reading 6 s later in device time lets the alert resolve (the 5 s hard w
 passed, and a deflated cuff leaves no rolling mean to judge), so retained alerts do not pile
 up. Measured idle, then while `bench.mqttpub` in another process feeds the gateway half its
 measured maximum (one reading per message).
+
+That client-side figure is what staff see, but it is not SPEC §3's: the contract times "from
+the broker delivering the reading … to the alert's MQTT publish", and on this machine most of
+the client-side tail is the broker's second hop (Mosquitto waiting for a core it shares with
+the load, the gateway and InfluxDB). So the same samples are also timed on the wire:
+`bench.wire` captures the gateway's connections to the broker with tcpdump, and the
+`gateway_*` figures are kernel time of the reading's arrival → kernel time of its alert's
+departure. Those are the ones the targets judge; both are reported.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
+from bench import wire
 from bench.ceilings import PUBLISH_CONNECTIONS
 from bench.infra import (
     LATENCY_TEAM,
@@ -48,6 +57,10 @@ RESOLVE_TIMEOUT_S = 2.0  # counted as unresolved after this; the next sample goe
 SAMPLE_GAP_S = 0.02  # between samples: measures latency, not queueing behind our own probes
 LOAD_SETTLE_S = 2.0  # the load runs this long before the first loaded sample
 LOAD_CALIBRATION_READINGS = 20_000  # a max-rate burst, when no end-to-end figure is given
+# The load publisher stands in for cuffs, which are not on the gateway's machine: while the
+# latency is sampled it yields the cores to the broker, the gateway and InfluxDB (which are),
+# and `load_carried_readings_per_s` shows it still delivered the half load.
+LOAD_NICE = 19
 DRAIN_TIMEOUT_S = 300.0  # the calibration burst must be written by then, or the gateway is stalled
 
 
@@ -140,12 +153,16 @@ class AlertProbe:
         return latency, ok
 
 
-async def _run_samples(probe: AlertProbe, cuffs: list[str], deadline: float) -> dict[str, Any]:
+async def _run_samples(probe: AlertProbe, cuffs: list[str],
+                       deadline: float) -> tuple[dict[str, Any], list[str]]:
+    """The client-side summary, and the cuffs sampled (for the wire figures)."""
     latencies: list[float] = []
+    sampled: list[str] = []
     missed = resolved = 0
     for cuff in cuffs:
         if time.monotonic() > deadline:
             break
+        sampled.append(cuff)
         latency, ok = await probe.sample(cuff)
         if latency is None:
             missed += 1
@@ -153,7 +170,24 @@ async def _run_samples(probe: AlertProbe, cuffs: list[str], deadline: float) -> 
             latencies.append(latency)
         resolved += ok
         await asyncio.sleep(SAMPLE_GAP_S)
-    return summary(latencies, missed, resolved)
+    return summary(latencies, missed, resolved), sampled
+
+
+def wire_summary(streams: wire.Streams, broker_port: int, cuffs: list[str]) -> dict[str, Any]:
+    """SPEC §3 latency from the capture: reading in on the gateway's socket → its alert out."""
+    inbound = streams.directions(from_port=broker_port)
+    outbound = streams.directions(to_port=broker_port)
+    latencies: list[float] = []
+    for cuff in cuffs:
+        arrived = streams.first_seen(
+            f"{TOPIC_ROOT}/{LATENCY_TEAM}/cuffs/{cuff}/telemetry".encode(), inbound)
+        left = streams.first_seen(
+            f"{TOPIC_ROOT}/{LATENCY_TEAM}/alerts/{cuff}/over_pressure".encode(), outbound)
+        if arrived is not None and left is not None and left >= arrived:
+            latencies.append(left - arrived)
+    out = summary(latencies, len(cuffs) - len(latencies), len(latencies))
+    del out["resolved"]
+    return {f"gateway_{k}": v for k, v in out.items()}
 
 
 def _accepted(gw: GatewayProcess) -> float:
@@ -165,30 +199,52 @@ async def _measure(srv: Servers, gw: GatewayProcess, pub: Publisher, *, samples:
     idle_cuffs, loaded_cuffs = (latency_cuffs(2 * samples)[:samples],
                                 latency_cuffs(2 * samples)[samples:])
     out: dict[str, Any] = {}
-    async with AlertProbe(srv.mosquitto.host, srv.mosquitto.port) as probe:
-        out["idle"] = await _run_samples(probe, idle_cuffs, time.monotonic() + load_s * 4)
-        if max_rate is None:  # no end-to-end figure given: a burst at full speed estimates it
-            pub.prepare(LOAD_CALIBRATION_READINGS)
-            t0 = time.monotonic()
-            await asyncio.to_thread(pub.go)
-            done = await asyncio.to_thread(wait_written, [gw], LOAD_CALIBRATION_READINGS,
-                                           DRAIN_TIMEOUT_S)
-            max_rate = LOAD_CALIBRATION_READINGS / ((done or t0 + 1e9) - t0)
-            out["max_rate_source"] = "calibration burst"
-        rate = max_rate / 2
-        messages = int(rate * load_s)
-        pub.prepare(messages)
-        result = pub.go_async(rate)
-        ends = time.monotonic() + messages / rate
-        await asyncio.sleep(LOAD_SETTLE_S)
-        a0, t0 = await asyncio.to_thread(_accepted, gw), time.monotonic()
-        loaded = await _run_samples(probe, loaded_cuffs, ends - 1.0)
-        a1, t1 = await asyncio.to_thread(_accepted, gw), time.monotonic()
-        await asyncio.to_thread(result)
+    capture = wire.Capture(srv.tmp / "latency.pcap",
+                           wire.broker_ports(gw.pid, srv.mosquitto.port)).start()
+    try:
+        async with AlertProbe(srv.mosquitto.host, srv.mosquitto.port) as probe:
+            out["idle"], idle_sampled = await _run_samples(probe, idle_cuffs,
+                                                           time.monotonic() + load_s * 4)
+            loaded, loaded_sampled = await _loaded(probe, gw, pub, out, max_rate=max_rate,
+                                                   load_s=load_s, cuffs=loaded_cuffs)
+    finally:
+        capture.stop()
+    streams = await asyncio.to_thread(wire.Streams, capture.path)
+    capture.path.unlink()
+    out["half_load"] = loaded
+    for phase, sampled in (("idle", idle_sampled), ("half_load", loaded_sampled)):
+        out[phase] |= wire_summary(streams, srv.mosquitto.port, sampled)
+        out[phase]["capture_dropped"] = capture.dropped
+    out["gateway_connections_captured"] = len(capture.ports)
+    return out
+
+
+async def _loaded(probe: AlertProbe, gw: GatewayProcess, pub: Publisher, out: dict[str, Any],
+                  *, max_rate: float | None, load_s: float,
+                  cuffs: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Samples while `pub` feeds the gateway half of `max_rate` (estimated if None)."""
+    if max_rate is None:  # no end-to-end figure given: a burst at full speed estimates it
+        pub.prepare(LOAD_CALIBRATION_READINGS)
+        t0 = time.monotonic()
+        await asyncio.to_thread(pub.go)
+        done = await asyncio.to_thread(wait_written, [gw], LOAD_CALIBRATION_READINGS,
+                                       DRAIN_TIMEOUT_S)
+        max_rate = LOAD_CALIBRATION_READINGS / ((done or t0 + 1e9) - t0)
+        out["max_rate_source"] = "calibration burst"
+    rate = max_rate / 2
+    messages = int(rate * load_s)
+    pub.prepare(messages)
+    pub.renice(LOAD_NICE)
+    result = pub.go_async(rate)
+    ends = time.monotonic() + messages / rate
+    await asyncio.sleep(LOAD_SETTLE_S)
+    a0, t0 = await asyncio.to_thread(_accepted, gw), time.monotonic()
+    loaded, sampled = await _run_samples(probe, cuffs, ends - 1.0)
+    a1, t1 = await asyncio.to_thread(_accepted, gw), time.monotonic()
+    await asyncio.to_thread(result)
     loaded |= {"load_target_readings_per_s": round(rate),
                "load_carried_readings_per_s": round((a1 - a0) / (t1 - t0))}
-    out["half_load"] = loaded
-    return out
+    return loaded, sampled
 
 
 def latency(srv: Servers, *, samples: int, cuffs: int, max_rate: float | None, load_s: float,
