@@ -382,9 +382,13 @@ def _staging_gateway(tmp_path: Path) -> Any:
     return Gateway(settings, health=False)
 
 
+# One clock for the whole module: a redelivery repeats its payload byte for byte, and the
+# same seq with a newer device time is a rebooted cuff, not a duplicate (CuffState).
+_DEVICE_T0_MS = int(time.time() * 1000) - 5000
+
+
 def _message(gw: Any, seq: int) -> Any:
-    reading = {"ts": int(time.time() * 1000) - 5000 + seq, "seq": seq, "pressure_mmhg": 120.0,
-               "elapsed_s": 0.0}
+    reading = {"ts": _DEVICE_T0_MS + seq, "seq": seq, "pressure_mmhg": 120.0, "elapsed_s": 0.0}
     return gw._on_message_fast("bfr/t1/cuffs/c1/telemetry", json.dumps(reading).encode(), 1,
                                False)
 
