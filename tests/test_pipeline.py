@@ -377,3 +377,74 @@ async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(
         await until(lambda: spool.records_pending == 0, "all written")
     assert pipeline.failed_batches == 0  # slow, never failing: a spill, not an outage
     assert stored_seqs(private_influx) == list(range(next_seq))
+
+
+class _PacedSink:
+    """Our FileSink, each write taking `write_s` (fsync included): a sink of known capacity.
+
+    The case below needs a stream held within one batch of what the sink takes in, which a
+    real server's varying latency cannot hold steady; `gate` pauses writes to force a spill.
+    """
+
+    def __init__(self, directory: Path, write_s: float) -> None:
+        self.inner = FileSink(directory)
+        self.write_s = write_s
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def write(self, body: bytes, lines: int) -> None:
+        await self.gate.wait()
+        started = asyncio.get_running_loop().time()
+        await self.inner.write(body, lines)
+        await asyncio.sleep(started + self.write_s - asyncio.get_running_loop().time())
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_memory_mode_resumes_when_the_stream_runs_near_the_sinks_capacity(
+    spool: Spool, tmp_path: Path
+) -> None:
+    # Each write takes 100 ms and carries up to 400 lines (4,000 lines/s); the stream sends
+    # 3,200 lines/s, so ~320 lines wait behind every write: memory mode holds them (the cap
+    # is 400), but after a spill the backlog never drops below 300. Replay must still hand
+    # over (a batch leaves at once on the switch), not read the spool back for the rest of
+    # the stream, the trap a full bench run fell into (1.44M of 1.85M lines read back).
+    sink = _PacedSink(tmp_path / "lp", write_s=0.1)
+    pipeline = IngestPipeline(spool, sink, batch_lines=100, batch_interval_s=0.05,
+                              max_buffer_lines=400)
+    rate = 3_200
+    next_seq = 0
+    resumed = asyncio.Event()
+
+    async def stream(stop: asyncio.Event) -> None:
+        nonlocal next_seq
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not stop.is_set():
+            due = int((loop.time() - t0) * rate)
+            while next_seq < due:
+                start, next_seq = next_seq, next_seq + 10
+                pipeline.submit_nowait(chunk(start, 10), 10)
+            assert pipeline.buffered_lines <= 400
+            if pipeline.spills and pipeline.state is PipelineState.OK:
+                resumed.set()
+            await asyncio.sleep(0.002)
+
+    async with running(pipeline):
+        stop = asyncio.Event()
+        streamer = asyncio.create_task(stream(stop))
+        try:
+            await until(lambda: next_seq >= 2000, "streaming")
+            sink.gate.clear()
+            try:
+                await until(lambda: pipeline.spills >= 1, "buffer overflowed while paused")
+            finally:
+                sink.gate.set()
+            await asyncio.wait_for(resumed.wait(), 10.0)  # the stream goes on meanwhile
+        finally:
+            stop.set()
+            await streamer
+        await until(lambda: spool.records_pending == 0, "all written")
+    written = b"".join(p.read_bytes() for p in sorted((tmp_path / "lp").glob("*.lp")))
+    assert written.count(b"cuff_telemetry") == next_seq
