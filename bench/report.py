@@ -56,7 +56,13 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
                  for k in ("one_writer", "two_writers")) or None
     e2e1 = _dig(results, "e2e", "single", "readings_per_s")
     e2e10 = _dig(results, "e2e", "array10", "readings_per_s")
-    ratio("e2e_single_over_broker", e2e1, broker1)
+    # the target's figure: each run over a broker ceiling run just before it, median
+    paired = _dig(results, "e2e", "single", "share_of_paired_broker_median")
+    if isinstance(paired, int | float):
+        out["e2e_single_over_broker"] = round(paired, 3)
+    else:
+        ratio("e2e_single_over_broker", e2e1, broker1)
+    ratio("e2e_single_over_broker_medians", e2e1, broker1)
     ratio("e2e_array10_over_broker_array10", e2e10, broker10)
     ratio("e2e_single_over_influx", e2e1, influx)
     ratio("e2e_array10_over_influx", e2e10, influx)
@@ -65,7 +71,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 
 
 TARGETS = (
-    Target("e2e_single_ratio", "end to end, 1 reading/message, share of broker ceiling", "",
+    Target("e2e_single_ratio", "end to end, 1 reading/message, share of broker ceiling "
+           "(median of runs, each over a ceiling run just before it)", "",
            lambda r: _dig(r, "ratios", "e2e_single_over_broker"), 0.65, True),
     Target("e2e_array10", "end to end, arrays of 10, readings/s", "readings/s",
            lambda r: _dig(r, "e2e", "array10", "readings_per_s"), 60_000, True),
@@ -129,6 +136,10 @@ def markdown(results: dict[str, Any]) -> str:
          ("e2e", "single", "readings_per_s")),
         ("end to end, readings/s (1 reading/msg), each run",
          ("e2e", "single", "readings_per_s_runs")),
+        ("end to end over the broker ceiling run just before it, each run",
+         ("e2e", "single", "share_of_paired_broker_runs")),
+        ("median end to end over median broker ceiling (1 reading/msg)",
+         ("ratios", "e2e_single_over_broker_medians")),
         ("end to end, readings/s, 2 gateways by team", ("scaleout", "readings_per_s")),
         ("alert latency p50 / max, idle, reading in → alert out (ms)",
          ("latency", "idle", "gateway_p50_ms")),
