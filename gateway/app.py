@@ -230,12 +230,16 @@ class Gateway:
 
     def _on_alert_link_connected(self, session_present: bool) -> None:
         if session_present or self._alert_lane is not self.alert_link:
-            return  # gmqtt replays what the broker had not acknowledged
-        # a new session: gmqtt dropped the unacknowledged publishes; the broker must end up
-        # with each alert topic's latest state
+            return  # the broker kept its state; the link has resent what it had not acked
+        # a new session: the broker may have lost its retained messages too (a restart
+        # without persistence). The link has resent what was unacknowledged, in order (each
+        # such topic's last publish is its latest state); every other alert topic's latest
+        # state goes out once more so the retained store ends right.
+        again = {t: p for t, p in self._alert_retained.items()
+                 if t not in self.alert_link.resent_topics}
         log.warning("alert connection came back without its session; republishing %d "
-                    "alert topic(s)", len(self._alert_retained))
-        for topic, payload in self._alert_retained.items():
+                    "alert topic(s)", len(again))
+        for topic, payload in again.items():
             self.alert_link.publish(topic, payload, qos=1, retain=True)
 
     def stop(self) -> None:

@@ -75,6 +75,23 @@ class _LostError(Exception):
     """The connection closed before the broker's CONNACK."""
 
 
+def _publish_topic(packet: bytes) -> str:
+    """The topic of an encoded PUBLISH packet (fixed header, remaining length, topic)."""
+    i = 1
+    while packet[i] & 0x80:  # the remaining length's continuation bytes
+        i += 1
+    size = packet[i + 1] << 8 | packet[i + 2]
+    return packet[i + 3 : i + 3 + size].decode()
+
+
+async def _resend_elsewhere() -> None:
+    """gmqtt's resend on a resumed session: MqttLink._handle_connect does it, in order."""
+
+
+def _keep_unacknowledged() -> None:
+    """gmqtt's drop of unacknowledged publishes on a new session: kept and sent again."""
+
+
 def backoff_delays(initial: float = INITIAL_BACKOFF_S, cap: float = MAXIMUM_BACKOFF_S) -> Any:
     """Jittered exponential backoff ("full jitter" over a doubling ceiling)."""
     ceiling = initial
@@ -165,6 +182,7 @@ class MqttLink:
             self.client.set_auth_credentials(username, password)
         self.client.on_lost = self._on_lost
         self.refused_publishes = 0  # PUBACKs with a failure reason code (MQTT 5)
+        self.resent_topics: set[str] = set()  # of the publishes resent on the last CONNACK
         handler = self.client._package_handler
         plain_puback = handler._handle_puback_packet
 
@@ -175,6 +193,15 @@ class MqttLink:
             plain_puback(cmd, packet)
 
         handler._handle_puback_packet = puback
+        # Our unacknowledged QoS 1 publishes go out again on every CONNACK, in order, before
+        # on_connected's own publishes (_handle_connect). gmqtt 0.8.0 resends them only if
+        # the broker kept the session, and only after on_connect, so a stale retained state
+        # could land last; on a new session (a broker that lost its state, a session that
+        # expired) it drops them, and an alert transition would never reach a staff app. To
+        # a broker without the session they are new messages; their packet ids stay reserved
+        # in gmqtt's id generator until acknowledged, so nothing new can reuse one.
+        handler._resend_qos_callback = _resend_elsewhere
+        handler._clear_qos_callback = _keep_unacknowledged
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self._fast = on_message_fast
@@ -293,7 +320,14 @@ class MqttLink:
         if self._subscriptions:
             subs = [gmqtt.Subscription(t, qos=1) for t in self._subscriptions]
             self.client.subscribe(subs)
+        unacknowledged = self.client._persistent_storage.get_all()
+        for _mid, package in unacknowledged:
+            self.client._connection.send_package(package)
+        self.resent_topics = {_publish_topic(package) for _mid, package in unacknowledged}
         self.connected.set()
+        if unacknowledged:
+            self._log.info("sent %d unacknowledged publish(es) again (session %s)",
+                           len(unacknowledged), "resumed" if session_present else "new")
         self._log.info(
             "connected to %s:%s (MQTT %s, session %s)",
             self._host,

@@ -445,3 +445,61 @@ async def test_records_the_spool_refuses_are_held_in_order_with_their_duplicates
         assert b" seq=2i," in stored
     finally:
         gw.spool.close()
+
+
+async def test_publishes_a_broker_never_acknowledged_go_out_again_on_a_new_session(
+    make_mosquitto: Callable[..., MosquittoServer],
+) -> None:
+    """A broker that lost its state (kill -9, no persistence) still gets our alert transitions.
+
+    gmqtt drops unacknowledged publishes when the broker has no session for us; a `resolved`
+    alert (not retained) would then never reach a staff app subscribed at the time.
+    """
+    import shutil
+
+    from gateway.mqtt import MqttLink
+
+    broker = make_mosquitto()
+    topic = "bfr/t1/alerts/c1/over_pressure"
+    link = MqttLink(client_id="gw-lost-session", host=broker.host, port=broker.port,
+                    session_expiry_s=3600)
+    await link.connect(retry=False)
+    try:
+        assert link.publish(topic, b"firing", retain=True)
+        await asyncio.wait_for(link.publishes_acked(), 10)
+        broker.pause()  # what follows stays in the broker's socket, never acknowledged
+        assert link.publish(topic, b"resolved")
+        assert link.publish(topic, b"", retain=True)
+        assert link.unacked_publishes == 2
+        broker.kill()  # lost with the process: those two, and (below) every session
+        shutil.rmtree(broker.persistence_dir)
+        broker.start()
+        async with MqttProbe(broker.host, broker.port) as staff:
+            await staff.subscribe("bfr/t1/alerts/#")
+            await wait_for(lambda: not link.connected.is_set(), what="link saw the loss")
+            await link.connect(retry=False)
+            await wait_for(lambda: link.unacked_publishes == 0, what="resent ones acked")
+            await wait_for(lambda: len(staff.messages[topic]) == 2, what="both delivered")
+        assert staff.messages[topic] == [(b"resolved", False), (b"", False)]
+    finally:
+        await link.disconnect()
+
+
+@pytest.mark.parametrize("payload_bytes", [0, 100, 20_000, 3_000_000])
+def test_the_topic_of_a_resent_publish_is_read_back_whatever_its_length(
+    payload_bytes: int,
+) -> None:
+    # remaining lengths of 1, 2, 3 and 4 bytes (MQTT's variable byte integer)
+    from types import SimpleNamespace
+
+    from gmqtt.mqtt.constants import MQTTv50
+    from gmqtt.mqtt.package import PublishPacket
+    from gmqtt.mqtt.utils import IdGenerator
+
+    from gateway.mqtt import _publish_topic
+
+    topic = "bfr/t1/alerts/c-17_b/over_pressure"
+    message = gmqtt.Message(topic, b"x" * payload_bytes, qos=1, retain=True)
+    protocol = SimpleNamespace(proto_ver=MQTTv50, id_generator=IdGenerator())
+    _mid, packet = PublishPacket.build_package(message, protocol)
+    assert _publish_topic(bytes(packet)) == topic
