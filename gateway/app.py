@@ -213,7 +213,7 @@ class Gateway:
         Alerts use the data connection until then. The move waits until every publish on
         the data connection is acknowledged, so no older alert can reach the broker after a
         newer one on the lane (a retained alert topic must end in its latest state). From
-        then on alerts stay on the lane, also while it reconnects: gmqtt replays its
+        then on alerts stay on the lane, also while it reconnects: the link resends its
         unacknowledged publishes in order. Refused (not just unreachable): alerts stay on
         the data connection.
         """

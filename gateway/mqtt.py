@@ -551,7 +551,7 @@ class MqttLink:
 
     @property
     def unacked_publishes(self) -> int:
-        """Our QoS 1 publishes the broker has not acknowledged (gmqtt replays them)."""
+        """Our QoS 1 publishes the broker has not acknowledged (resent on reconnect)."""
         return len(self.client._persistent_storage.get_all())
 
     async def publishes_acked(self) -> None:
@@ -559,7 +559,7 @@ class MqttLink:
         await self.client._persistent_storage.wait_empty()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-        """Queue a publish; False if there is no connection (gmqtt resends QoS 1 on reconnect)."""
+        """Queue a publish; False if gmqtt refused it (QoS 1 is resent on every reconnect)."""
         try:
             self.client.publish(topic, payload, qos=qos, retain=retain)
             return True
