@@ -687,6 +687,9 @@ class Gateway:
             unacked_messages=float(self.mqtt.pending_acks),
             broker_connected=float(self.mqtt.connected.is_set()),
             alert_link_connected=float(self.alert_link.connected.is_set()),
+            mqtt_held_publishes=float(self.mqtt.held_publishes + self.alert_link.held_publishes),
+            mqtt_dropped_publishes=float(self.mqtt.dropped_publishes
+                                         + self.alert_link.dropped_publishes),
         )
         return out
 

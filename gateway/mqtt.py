@@ -22,6 +22,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -38,6 +39,11 @@ MAXIMUM_BACKOFF_S = 30.0
 # The broker may keep this many unacknowledged QoS 1 messages in flight to us: enough to
 # cover the spool's group-commit latency at full rate (we acknowledge after fsync).
 RECEIVE_MAXIMUM = 65535
+# Our QoS 1 publishes held for a packet id: the broker's Receive Maximum caps how many may
+# await its PUBACK (Mosquitto's default: 20), and none are acknowledged while it is away.
+# Past this many the oldest held one is dropped, counted and logged: memory stays bounded.
+HELD_PUBLISHES_MAX = 10_000
+HELD_RETRY_S = 0.05  # publishes_acked(): how often to look again while some are held
 
 
 
@@ -183,6 +189,8 @@ class MqttLink:
         self.client.on_lost = self._on_lost
         self.refused_publishes = 0  # PUBACKs with a failure reason code (MQTT 5)
         self.resent_topics: set[str] = set()  # of the publishes resent on the last CONNACK
+        self._held: deque[tuple[str, bytes, int, bool]] = deque()  # waiting for a packet id
+        self.dropped_publishes = 0  # held ones dropped past HELD_PUBLISHES_MAX
         handler = self.client._package_handler
         plain_puback = handler._handle_puback_packet
 
@@ -191,6 +199,8 @@ class MqttLink:
             if len(packet) > 2 and packet[2] >= 0x80:
                 self.refused_publishes += 1
             plain_puback(cmd, packet)
+            if self._held:
+                self._release_held()  # a packet id is free again
 
         handler._handle_puback_packet = puback
         # Our unacknowledged QoS 1 publishes go out again on every CONNACK, in order, before
@@ -324,6 +334,7 @@ class MqttLink:
         for _mid, package in unacknowledged:
             self.client._connection.send_package(package)
         self.resent_topics = {_publish_topic(package) for _mid, package in unacknowledged}
+        self._release_held()
         self.connected.set()
         if unacknowledged:
             self._log.info("sent %d unacknowledged publish(es) again (session %s)",
@@ -551,21 +562,59 @@ class MqttLink:
 
     @property
     def unacked_publishes(self) -> int:
-        """Our QoS 1 publishes the broker has not acknowledged (resent on reconnect)."""
-        return len(self.client._persistent_storage.get_all())
+        """Our QoS 1 publishes the broker has not acknowledged, or that wait for a packet id."""
+        return len(self.client._persistent_storage.get_all()) + len(self._held)
+
+    @property
+    def held_publishes(self) -> int:
+        """Publishes waiting for a packet id (the broker's Receive Maximum is reached)."""
+        return len(self._held)
 
     async def publishes_acked(self) -> None:
-        """Return once no publish of ours awaits the broker's acknowledgement."""
-        await self.client._persistent_storage.wait_empty()
+        """Return once no publish of ours awaits the broker's acknowledgement or an id."""
+        while True:
+            await self.client._persistent_storage.wait_empty()
+            if not self._held:
+                return
+            await asyncio.sleep(HELD_RETRY_S)  # they go out on the next PUBACK or connect
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-        """Queue a publish; False if gmqtt refused it (QoS 1 is resent on every reconnect)."""
+        """Send a publish, or hold it in order until a packet id is free; False if refused.
+
+        QoS 1 publishes are resent on every reconnect until acknowledged (_handle_connect).
+        """
+        if self._held:  # behind those already waiting: per topic, order is state
+            return self._hold(topic, payload, qos, retain)
         try:
             self.client.publish(topic, payload, qos=qos, retain=retain)
             return True
+        except OverflowError:  # every packet id the broker allows is in flight
+            return self._hold(topic, payload, qos, retain)
         except Exception as exc:  # noqa: BLE001 - a closed transport must never break the caller
             self._log.debug("publish to %s failed: %s", topic, exc)
             return False
+
+    def _hold(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        if len(self._held) >= HELD_PUBLISHES_MAX:
+            dropped, *_ = self._held.popleft()
+            self.dropped_publishes += 1
+            if self.dropped_publishes % 1000 == 1:  # loud, not a flood
+                self._log.error("%d publish(es) dropped: %d held for the broker already "
+                                "(last dropped: %s)", self.dropped_publishes,
+                                HELD_PUBLISHES_MAX, dropped)
+        self._held.append((topic, payload, qos, retain))
+        return True
+
+    def _release_held(self) -> None:
+        """Send held publishes, oldest first, while the broker allows more in flight."""
+        held = self._held
+        while held:
+            topic, payload, qos, retain = held[0]
+            try:
+                self.client.publish(topic, payload, qos=qos, retain=retain)
+            except Exception:  # noqa: BLE001 - no id yet, or no connection: the next try
+                return
+            held.popleft()
 
     async def lost_within(self, seconds: float) -> bool:
         """Whether the connection drops within `seconds` (a broker's answer to a refusal)."""

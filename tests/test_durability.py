@@ -503,3 +503,29 @@ def test_the_topic_of_a_resent_publish_is_read_back_whatever_its_length(
     protocol = SimpleNamespace(proto_ver=MQTTv50, id_generator=IdGenerator())
     _mid, packet = PublishPacket.build_package(message, protocol)
     assert _publish_topic(bytes(packet)) == topic
+
+
+async def test_publishes_past_the_brokers_receive_maximum_wait_their_turn_in_order(
+    make_mosquitto: Callable[..., MosquittoServer],
+) -> None:
+    # Mosquitto's default allows 20 unacknowledged publishes per client: a burst of alert
+    # transitions (or a broker outage) exhausts them. gmqtt refuses the next publish; the
+    # link holds it and sends it when a PUBACK frees a packet id, in order.
+    from gateway.mqtt import MqttLink
+
+    broker = make_mosquitto(extra_config=["max_inflight_messages 20"])
+    topic = "bfr/t1/alerts/c1/over_pressure"
+    link = MqttLink(client_id="gw-window", host=broker.host, port=broker.port)
+    await link.connect(retry=False)
+    try:
+        async with MqttProbe(broker.host, broker.port) as staff:
+            await staff.subscribe("bfr/t1/alerts/#")
+            for i in range(100):  # no await between: the window fills at once
+                link.publish(topic, str(i).encode())
+            assert link.held_publishes > 0
+            await wait_for(lambda: link.unacked_publishes == 0, what="all acknowledged")
+            await wait_for(lambda: len(staff.messages[topic]) >= 100, what="all delivered")
+        assert [p for p, _ in staff.messages[topic]] == [str(i).encode() for i in range(100)]
+        assert link.dropped_publishes == 0
+    finally:
+        await link.disconnect()
