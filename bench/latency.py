@@ -199,16 +199,13 @@ async def _measure(srv: Servers, gw: GatewayProcess, pub: Publisher, *, samples:
     idle_cuffs, loaded_cuffs = (latency_cuffs(2 * samples)[:samples],
                                 latency_cuffs(2 * samples)[samples:])
     out: dict[str, Any] = {}
-    capture = wire.Capture(srv.tmp / "latency.pcap",
-                           wire.broker_ports(gw.pid, srv.mosquitto.port)).start()
-    try:
+    with wire.Capture(srv.tmp / "latency.pcap",
+                      wire.broker_ports(gw.pid, srv.mosquitto.port)) as capture:
         async with AlertProbe(srv.mosquitto.host, srv.mosquitto.port) as probe:
             out["idle"], idle_sampled = await _run_samples(probe, idle_cuffs,
                                                            time.monotonic() + load_s * 4)
             loaded, loaded_sampled = await _loaded(probe, gw, pub, out, max_rate=max_rate,
                                                    load_s=load_s, cuffs=loaded_cuffs)
-    finally:
-        capture.stop()
     streams = await asyncio.to_thread(wire.Streams, capture.path)
     capture.path.unlink()
     out["half_load"] = loaded

@@ -15,7 +15,6 @@ wire. Topics are unique per latency sample (one cuff each), so the reading is th
 from __future__ import annotations
 
 import bisect
-import contextlib
 import shutil
 import signal
 import struct
@@ -192,10 +191,3 @@ def _segments(path: Path) -> Iterator[tuple[float, int, int, int, bytes]]:
         sport, dport, seq = struct.unpack_from(">HHI", tcp, 0)
         offset = (tcp[12] >> 4) * 4
         yield sec + frac * scale, sport, dport, seq, bytes(tcp[offset:])
-
-
-@contextlib.contextmanager
-def gateway_capture(path: Path, pid: int, broker_port: int) -> Iterator[Capture]:
-    """A capture of the MQTT links of gateway `pid` while the block runs."""
-    with Capture(path, broker_ports(pid, broker_port)) as cap:
-        yield cap

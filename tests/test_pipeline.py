@@ -330,6 +330,37 @@ async def test_run_twice_is_refused(spool: Spool, tmp_path: Path) -> None:
 STREAM_LINES_PER_S = 20_000  # a steady stream well within what InfluxDB takes in
 
 
+class _Stream:
+    """Submits 10-line chunks at `rate` lines/s until stopped, yielding between turns.
+
+    Each turn calls `bounded()` (the test's memory checks) and sets `resumed` once the
+    pipeline is back in memory mode after a spill.
+    """
+
+    def __init__(self, pipeline: IngestPipeline, rate: float, bounded: Callable[[], None],
+                 pause_s: float) -> None:
+        self.pipeline = pipeline
+        self.rate = rate
+        self.bounded = bounded
+        self.pause_s = pause_s
+        self.next_seq = 0
+        self.resumed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        pipeline = self.pipeline
+        while not stop.is_set():
+            due = int((loop.time() - t0) * self.rate)
+            while self.next_seq < due:
+                start, self.next_seq = self.next_seq, self.next_seq + 10
+                pipeline.submit_nowait(chunk(start, 10), 10)
+            self.bounded()
+            if pipeline.spills and pipeline.state is PipelineState.OK:
+                self.resumed.set()
+            await asyncio.sleep(self.pause_s)
+
+
 async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(
     spool: Spool, private_influx: InfluxDB1Server
 ) -> None:
@@ -341,42 +372,30 @@ async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(
         spool, v1(private_influx, timeout_s=10.0), batch_lines=1000, batch_interval_s=0.05,
         max_buffer_lines=4000,
     )
-    next_seq = 0
-    resumed = asyncio.Event()
 
-    async def stream(stop: asyncio.Event) -> None:
-        nonlocal next_seq
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while not stop.is_set():
-            # paced at RATE lines/s, yielding between appends: some append lands in every read
-            due = int((loop.time() - t0) * STREAM_LINES_PER_S)
-            while next_seq < due:
-                start, next_seq = next_seq, next_seq + 10
-                pipeline.submit_nowait(chunk(start, 10), 10)
-            assert pipeline.buffered_lines <= 4000
-            assert int(pipeline.stats().get("tail_lines", 0)) <= 4000
-            if pipeline.spills and pipeline.state is PipelineState.OK:
-                resumed.set()
-            await asyncio.sleep(0)
+    def bounded() -> None:
+        assert pipeline.buffered_lines <= 4000
+        assert int(pipeline.stats().get("tail_lines", 0)) <= 4000
 
+    # yielding between appends, no sleep: some append lands in every read
+    stream = _Stream(pipeline, STREAM_LINES_PER_S, bounded, pause_s=0)
     async with running(pipeline):
         stop = asyncio.Event()
-        streamer = asyncio.create_task(stream(stop))
+        streamer = asyncio.create_task(stream.run(stop))
         try:
-            await until(lambda: next_seq >= 2000, "streaming")
+            await until(lambda: stream.next_seq >= 2000, "streaming")
             private_influx.pause()
             try:
                 await until(lambda: pipeline.spills >= 1, "buffer overflowed in the slow write")
             finally:
                 private_influx.resume()
-            await asyncio.wait_for(resumed.wait(), 20.0)  # the stream goes on meanwhile
+            await asyncio.wait_for(stream.resumed.wait(), 20.0)  # the stream goes on meanwhile
         finally:
             stop.set()
             await streamer
         await until(lambda: spool.records_pending == 0, "all written")
     assert pipeline.failed_batches == 0  # slow, never failing: a spill, not an outage
-    assert stored_seqs(private_influx) == list(range(next_seq))
+    assert stored_seqs(private_influx) == list(range(stream.next_seq))
 
 
 class _PacedSink:
@@ -413,38 +432,25 @@ async def test_memory_mode_resumes_when_the_stream_runs_near_the_sinks_capacity(
     sink = _PacedSink(tmp_path / "lp", write_s=0.1)
     pipeline = IngestPipeline(spool, sink, batch_lines=100, batch_interval_s=0.05,
                               max_buffer_lines=400)
-    rate = 3_200
-    next_seq = 0
-    resumed = asyncio.Event()
 
-    async def stream(stop: asyncio.Event) -> None:
-        nonlocal next_seq
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while not stop.is_set():
-            due = int((loop.time() - t0) * rate)
-            while next_seq < due:
-                start, next_seq = next_seq, next_seq + 10
-                pipeline.submit_nowait(chunk(start, 10), 10)
-            assert pipeline.buffered_lines <= 400
-            if pipeline.spills and pipeline.state is PipelineState.OK:
-                resumed.set()
-            await asyncio.sleep(0.002)
+    def bounded() -> None:
+        assert pipeline.buffered_lines <= 400
 
+    stream = _Stream(pipeline, 3_200, bounded, pause_s=0.002)
     async with running(pipeline):
         stop = asyncio.Event()
-        streamer = asyncio.create_task(stream(stop))
+        streamer = asyncio.create_task(stream.run(stop))
         try:
-            await until(lambda: next_seq >= 2000, "streaming")
+            await until(lambda: stream.next_seq >= 2000, "streaming")
             sink.gate.clear()
             try:
                 await until(lambda: pipeline.spills >= 1, "buffer overflowed while paused")
             finally:
                 sink.gate.set()
-            await asyncio.wait_for(resumed.wait(), 10.0)  # the stream goes on meanwhile
+            await asyncio.wait_for(stream.resumed.wait(), 10.0)  # the stream goes on meanwhile
         finally:
             stop.set()
             await streamer
         await until(lambda: spool.records_pending == 0, "all written")
     written = b"".join(p.read_bytes() for p in sorted((tmp_path / "lp").glob("*.lp")))
-    assert written.count(b"cuff_telemetry") == next_seq
+    assert written.count(b"cuff_telemetry") == stream.next_seq
