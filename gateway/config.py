@@ -135,16 +135,34 @@ class HealthSettings(_Section):
 
 
 class LimbLimits(_Section):
+    """The limits of one kind of limb; `ArmLimits` and `LegLimits` carry the defaults."""
+
     hard_max_mmhg: float = Field(gt=0)
     default_max_mmhg: float = Field(gt=0)
     max_bout_s: PositiveSeconds
 
 
-class IpcLimits(_Section):
+# Arms and legs default differently, so each has its own class: a partial `[alerts.leg]`
+# keeps the leg defaults for the keys it leaves out (SPEC §7).
+class ArmLimits(LimbLimits):
+    hard_max_mmhg: float = Field(default=250.0, gt=0)
+    default_max_mmhg: float = Field(default=180.0, gt=0)
+    max_bout_s: PositiveSeconds = 900.0
+
+
+class LegLimits(LimbLimits):
     hard_max_mmhg: float = Field(default=300.0, gt=0)
-    warn_bout_s: PositiveSeconds = 240.0
-    max_bout_s: PositiveSeconds = 300.0
-    min_rest_s: float = Field(default=300.0, ge=0)
+    default_max_mmhg: float = Field(default=240.0, gt=0)
+    max_bout_s: PositiveSeconds = 1200.0
+
+
+class IpcLimits(_Section):
+    """Replaces the limb values for the ipc protocol (SPEC §7 `[alerts.ipc]`)."""
+
+    hard_max_mmhg: float = Field(default=300.0, gt=0)
+    warn_bout_s: PositiveSeconds = 330.0
+    max_bout_s: PositiveSeconds = 420.0
+    min_rest_s: float = Field(default=270.0, ge=0)
     max_bouts_per_hour: int = Field(default=4, ge=1)
 
 
@@ -163,8 +181,8 @@ class AlertSettings(_Section):
     alert_max_age_s: PositiveSeconds = 60.0
     max_clock_skew_s: PositiveSeconds = 300.0
     max_backlog_s: PositiveSeconds = 3600.0
-    arm: LimbLimits = LimbLimits(hard_max_mmhg=250, default_max_mmhg=180, max_bout_s=900)
-    leg: LimbLimits = LimbLimits(hard_max_mmhg=300, default_max_mmhg=240, max_bout_s=1200)
+    arm: ArmLimits = ArmLimits()
+    leg: LegLimits = LegLimits()
     ipc: IpcLimits = IpcLimits()
 
     @model_validator(mode="after")
@@ -177,7 +195,10 @@ class AlertSettings(_Section):
                     f"({self.warn_bout_s:g})"
                 )
         if self.ipc.max_bout_s <= self.ipc.warn_bout_s:
-            raise ValueError("ipc.max_bout_s must exceed ipc.warn_bout_s")
+            raise ValueError(
+                f"ipc.max_bout_s ({self.ipc.max_bout_s:g}) must exceed ipc.warn_bout_s "
+                f"({self.ipc.warn_bout_s:g})"
+            )
         return self
 
 
@@ -297,6 +318,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment overrides it (SPEC §7).
+        # pydantic-settings deep-merges the sources, so CUFFWATCH_ALERTS__LEG__HARD_MAX_MMHG
+        # replaces that one key and keeps the rest of the file's [alerts.leg].
         return (env_settings, init_settings, file_secret_settings)
 
     @model_validator(mode="after")
@@ -317,9 +340,9 @@ class Settings(BaseSettings):
             try:
                 self.team_alerts(team_id)
             except ValidationError as exc:
-                for err in exc.errors():
-                    loc = ".".join(str(p) for p in err["loc"])
-                    problems.append(f"teams.{team_id}.alerts.{loc}: {err['msg']}")
+                for err in exc.errors(include_url=False):
+                    loc = ".".join(["teams", team_id, "alerts", *(str(p) for p in err["loc"])])
+                    problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -327,7 +350,12 @@ class Settings(BaseSettings):
     # -- lookups used by the gateway, the rules and the dashboards ---------------------------
 
     def team_alerts(self, team_id: str) -> AlertSettings:
-        """[alerts] with the team's overrides applied."""
+        """[alerts] with the team's overrides applied.
+
+        The overrides merge key by key at every level, so a partial nested table
+        (`[teams.T.alerts.leg]` with only `max_bout_s`) keeps the [alerts] values of the
+        keys it leaves out.
+        """
         overrides = self.teams[team_id].alerts
         if not overrides:
             return self.alerts
@@ -407,9 +435,10 @@ class Settings(BaseSettings):
 def _format_errors(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        lines.extend(f"{loc}: {part}" for part in msg.split("; "))
+        # A whole-config check (`_check_roster`) already names each problem's location.
+        lines.extend(f"{loc}: {part}" if loc else part for part in msg.split("; "))
     return lines
 
 

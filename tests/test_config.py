@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, IpcLimits, LimbLimits, load_settings
 from gateway.model import Limb, Protocol
 
 TOML = """
@@ -77,9 +77,9 @@ def test_ipc_profile_replaces_limb_limits(config_file: Path) -> None:
     p = load_settings(config_file).rule_params("t1", "a-18", Limb.RIGHT_ARM)
     assert p.protocol is Protocol.IPC
     assert p.hard_max_mmhg == 300.0
-    assert p.warn_bout_s == 240.0
+    assert p.warn_bout_s == 330.0
     assert p.max_bout_s == 700.0  # the prescription's own limit wins
-    assert p.min_rest_s == 300.0
+    assert p.min_rest_s == 270.0
     assert p.max_bouts_per_hour == 4
     assert p.target_mmhg == 90.0
 
@@ -169,3 +169,128 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     broken.write_text("[teams\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(broken)
+
+
+# -- SPEC v2: a table given in part keeps the defaults of the keys it leaves out ---------------
+
+
+def _limits(limits: LimbLimits) -> tuple[float, float, float]:
+    return (limits.hard_max_mmhg, limits.default_max_mmhg, limits.max_bout_s)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cuffwatch.toml"
+    path.write_text(text)
+    return path
+
+
+ROSTER = """
+[teams.t1.cuffs.c1]
+limb = "left_leg"
+[teams.t2.cuffs.c2]
+limb = "right_leg"
+"""
+
+
+def test_partial_leg_table_keeps_the_leg_defaults(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, "[alerts.leg]\nhard_max_mmhg = 280\n" + ROSTER))
+    assert _limits(s.alerts.leg) == (280.0, 240.0, 1200.0)
+    assert _limits(s.alerts.arm) == (250.0, 180.0, 900.0)
+    p = s.rule_params("t1", "nobody", Limb.LEFT_LEG)
+    assert (p.hard_max_mmhg, p.default_max_mmhg, p.max_bout_s) == (280.0, 240.0, 1200.0)
+
+
+def test_partial_arm_table_keeps_the_arm_defaults(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, "[alerts.arm]\ndefault_max_mmhg = 170\n"))
+    assert _limits(s.alerts.arm) == (250.0, 170.0, 900.0)  # arm defaults, not the leg's
+    assert _limits(s.alerts.leg) == (300.0, 240.0, 1200.0)
+
+
+def test_environment_alone_sets_one_nested_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUFFWATCH_ALERTS__LEG__HARD_MAX_MMHG", "280")
+    s = load_settings()
+    assert _limits(s.alerts.leg) == (280.0, 240.0, 1200.0)
+    assert _limits(s.alerts.arm) == (250.0, 180.0, 900.0)
+
+
+def test_environment_merges_into_a_partial_file_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUFFWATCH_ALERTS__LEG__HARD_MAX_MMHG", "280")
+    s = load_settings(_write(tmp_path, "[alerts.leg]\nmax_bout_s = 1000\n"))
+    assert _limits(s.alerts.leg) == (280.0, 240.0, 1000.0)  # both kept, the rest defaults
+
+
+def test_team_partial_nested_override_keeps_the_global_values(tmp_path: Path) -> None:
+    s = load_settings(
+        _write(
+            tmp_path,
+            "[alerts.leg]\nhard_max_mmhg = 280\n"
+            "[teams.t1.alerts.leg]\nmax_bout_s = 1000\n" + ROSTER,
+        )
+    )
+    assert _limits(s.team_alerts("t1").leg) == (280.0, 240.0, 1000.0)
+    assert _limits(s.team_alerts("t1").arm) == (250.0, 180.0, 900.0)
+    assert _limits(s.team_alerts("t2").leg) == (280.0, 240.0, 1200.0)
+    assert _limits(s.alerts.leg) == (280.0, 240.0, 1200.0)  # the global is untouched
+    p = s.rule_params("t1", "nobody", Limb.LEFT_LEG)
+    assert (p.hard_max_mmhg, p.default_max_mmhg, p.max_bout_s) == (280.0, 240.0, 1000.0)
+
+
+def test_ipc_defaults_are_spec_v2() -> None:
+    ipc = load_settings().alerts.ipc
+    assert ipc == IpcLimits(
+        hard_max_mmhg=300, warn_bout_s=330, max_bout_s=420, min_rest_s=270, max_bouts_per_hour=4
+    )
+    assert IpcLimits() == ipc
+
+
+def test_rule_params_use_the_ipc_defaults(tmp_path: Path) -> None:
+    s = load_settings(
+        _write(
+            tmp_path,
+            """
+[teams.t1.athletes.p-02.prescriptions.left_arm]
+protocol = "ipc"
+target_mmhg = 200
+[teams.t1.cuffs.c1]
+athlete = "p-02"
+limb = "left_arm"
+""",
+        )
+    )
+    p = s.rule_params("t1", "p-02", Limb.LEFT_ARM)
+    assert p.protocol is Protocol.IPC
+    assert p.hard_max_mmhg == 300.0
+    assert p.warn_bout_s == 330.0
+    assert p.max_bout_s == 420.0
+    assert p.min_rest_s == 270.0
+    assert p.min_rest_after_max_s == 270.0  # never shorter than the ipc reperfusion
+    assert p.max_bouts_per_hour == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            "[alerts.arm]\nmax_bout_s = 500\n",
+            "alerts: arm.max_bout_s (500) must exceed warn_bout_s (600)",
+        ),
+        (
+            "[alerts.ipc]\nmax_bout_s = 300\n",
+            "alerts: ipc.max_bout_s (300) must exceed ipc.warn_bout_s (330)",
+        ),
+        (
+            "[teams.t1.alerts]\nwarn_bout_s = 1000\n",
+            "teams.t1.alerts: arm.max_bout_s (900) must exceed warn_bout_s (1000)",
+        ),
+        (
+            "[alerts.leg]\nhard_max_mmhg = 280\n[teams.t1.alerts.leg]\nmax_bout_s = -1\n",
+            "teams.t1.alerts.leg.max_bout_s: Input should be greater than 0",
+        ),
+    ],
+)
+def test_partial_tables_are_still_checked(tmp_path: Path, text: str, line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, text))
+    assert info.value.problems == [line]
