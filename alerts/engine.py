@@ -5,7 +5,7 @@ alert transitions to publish, store and (where `push`) send to phones. No I/O he
 
 Lifecycle, per (team, cuff, kind) — one open alert at a time:
 - RAISED when a row of the kind first holds (pushed);
-- UPDATED in place (same id) when the severity or the first holding row changes; pushed only
+- UPDATED in place (same id) when the severity or the row that sets it changes; pushed only
   when the severity rises while firing. A value that merely moves emits nothing (it is carried
   by the next transition), so a sustained excess is one alert, not one per reading;
 - ACKNOWLEDGED on an ack (pushed, so the team sees who took it); pushes are silenced for
@@ -14,8 +14,14 @@ Lifecycle, per (team, cuff, kind) — one open alert at a time:
   backed by live (not backlog) evidence; `escalation=True`;
 - RESOLVED when no row holds (pushed); within `reraise_after_s` the same alert REOPENS
   (same id; pushed; back to acknowledged, unpushed, if its ack silence is still running).
-Transitions caused by a reading older than `alert_max_age_s` are emitted with `push=False`.
-Rolling means use device time (`Reading.ts_ms`); every timer uses the injected clock.
+Transitions caused by a reading older than `alert_max_age_s` (backlog, as the cuff's
+`alerts.clock.DeviceClock` judges age: a lagging clock is not backlog) are emitted with
+`push=False`; an alert raised from backlog whose condition still holds on a live reading is
+pushed then (UPDATED). An alert restored from a retained message is only a name for the
+alert until live evidence arrives: a retained message can neither raise nor silence
+anything, and the first verdict on live readings publishes the alert as it stands, firing.
+Rolling means use rule time (device time made continuous, `alerts.clock`); every timer
+uses the injected clock.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ class _Tracked:
 
     __slots__ = (
         "ack_at", "acknowledged_by", "athlete", "critical_since", "cuff", "escalated", "fresh",
-        "id", "kind", "limb", "message", "resolved_at", "row", "severity", "started_at_ms",
-        "state", "team", "threshold", "unit", "updated_at_ms", "value",
+        "id", "kind", "limb", "message", "note", "pushed", "resolved_at", "row", "severity",
+        "started_at_ms", "state", "team", "threshold", "unit", "updated_at_ms", "value",
     )
 
     def __init__(
@@ -98,6 +104,8 @@ class _Tracked:
         self.resolved_at = 0.0
         self.critical_since = now  # escalation timer start
         self.fresh = True  # the evidence is live, not backlog: may escalate
+        self.pushed = True  # the firing state went to phones (False: raised from backlog)
+        self.note: str | None = None
 
     def touch(self, at_ms: int) -> None:
         # strictly after the previous change: every state change is its own `alert` point
@@ -109,7 +117,7 @@ class _Tracked:
         if self.row is None:
             message = self.message
         else:
-            message = rules.describe(self.row, who, self.value, self.threshold)
+            message = rules.describe(self.row, who, self.value, self.threshold, self.note)
         return Alert(
             id=self.id,
             team=self.team,
@@ -186,7 +194,7 @@ class AlertEngine:
         at = reading.ts_ms
         self._now = now
         self._at_ms = at
-        self._push = now * 1000.0 - at <= params.alert_max_age_s * 1000.0  # backlog: no push
+        self._push = ev.clock.age_ms <= params.alert_max_age_s * 1000.0  # backlog: no push
         judge = self._judge
         dev = ev.last_ts_ms if ev.last_ts_ms is not None else at  # set by observe
         # CLEAR and UNKNOWN change nothing on a kind with no alert: a judgement goes through
@@ -326,15 +334,21 @@ class AlertEngine:
             value=alert.value, threshold=alert.threshold, unit=alert.unit,
             at_ms=alert.started_at_ms, now=now,
         )
-        t.updated_at_ms = alert.updated_at_ms
+        # a retained message's times are not trusted either: one in the year 9999 would stamp
+        # every later change of this alert there (touch() only moves forward)
+        now_ms = round(now * 1000)
+        t.started_at_ms = min(alert.started_at_ms, now_ms)
+        t.updated_at_ms = min(alert.updated_at_ms, now_ms)
         t.message = alert.message
         t.state = alert.state
         t.acknowledged_by = alert.acknowledged_by
         t.escalated = alert.escalated
-        if alert.state is _ACKED:
-            t.ack_at = now  # when it was acked is lost: the silence runs from now
         # only live evidence escalates; cuff_offline is about now, the others await a reading
         t.fresh = alert.kind is AlertKind.CUFF_OFFLINE
+        # A retained message proves nothing (a stale copy, or a forgery where the broker's
+        # ACLs are loose): the first live verdict of its kind publishes the alert as it then
+        # stands, firing and pushed, whatever state the message claimed (see _judge).
+        t.pushed = alert.kind is AlertKind.CUFF_OFFLINE
         if alert.kind is AlertKind.SENSOR_FAULT:
             c.ev.fault_floor = now
         c.alerts[alert.kind] = t
@@ -411,6 +425,8 @@ class AlertEngine:
                 threshold=j.threshold, unit=row.unit, at_ms=at_ms, now=now,
             )
             t.fresh = push
+            t.pushed = push
+            t.note = j.note
             c.alerts[kind] = t
             self._tracked[t.id] = t
             if ev.bout is not None:
@@ -419,9 +435,12 @@ class AlertEngine:
             return
         t.value = j.value
         t.threshold = j.threshold
+        t.note = j.note
         t.fresh = push
-        if severity is t.severity and (row is t.row or t.row is None):
-            t.row = row  # a restored alert adopts its row silently
+        if push and not t.pushed:  # raised from backlog or restored: now it is live
+            self._confirm(t, j)
+            return
+        if severity is t.severity and row is t.row:
             return
         rose = severity > t.severity
         if rose and severity is Severity.CRITICAL:
@@ -431,7 +450,23 @@ class AlertEngine:
         t.unit = row.unit
         t.touch(at_ms)
         pushed = push and rose and t.state is _FIRING
+        if rose and not push:
+            t.pushed = False  # phones hear of the worse state once a live reading confirms it
         self._out.append(Transition(t.snapshot(), Change.UPDATED, pushed))
+
+    def _confirm(self, t: _Tracked, j: Verdict) -> None:
+        """Live evidence for an alert not yet pushed as it stands: publish it firing, push it."""
+        t.critical_since = self._now  # the escalation timer runs from the live evidence
+        t.state = _FIRING
+        t.ack_at = None
+        t.acknowledged_by = None
+        t.escalated = False
+        t.severity = j.severity
+        t.row = j.row
+        t.unit = j.row.unit
+        t.pushed = True
+        t.touch(self._at_ms)
+        self._out.append(Transition(t.snapshot(), Change.UPDATED, True))
 
     def _reopen(self, c: _Cuff, t: _Tracked, j: Verdict) -> None:
         now, at_ms, push = self._now, self._at_ms, self._push
@@ -445,6 +480,8 @@ class AlertEngine:
         t.escalated = False  # a new firing episode may escalate again
         t.critical_since = now
         t.fresh = push
+        t.pushed = push or silenced
+        t.note = j.note
         t.touch(at_ms)
         if c.ev.bout is not None:
             c.ev.bout.alerts += 1

@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from alerts.clock import DeviceClock
 from alerts.model import AlertKind, BoutSummary
 from alerts.params import (
     BATTERY_LOW_PCT,
@@ -35,8 +36,15 @@ SEQ_HALF: Final = 1 << 31  # serial-number arithmetic (RFC 1982): a step of ≥ 
 # whole-second elapsed counters. A restart reaching further back is a sensor fault.
 NEW_BOUT_SLACK_MS: Final = 1000
 HARD_WINDOW_MS: Final = round(HARD_WINDOW_S * 1000)
+# No cuff occludes a limb for a day; a larger elapsed_s (1e306 is well-formed JSON) is held to
+# this for the bout's arithmetic, so that its start stays a number (the stored reading keeps
+# what the cuff said, and over_time judges it as a very long bout).
+MAX_ELAPSED_S: Final = 86_400.0
 _IPC: Final = Protocol.IPC  # an enum member looked up once, not per reading (~150 ns each)
 UNDER_PRESSURE_AFTER_MS: Final = round(UNDER_PRESSURE_AFTER_S * 1000)
+# A cuff's own target this far from the prescription is "set to another pressure" (SPEC §3);
+# closer is the rounding of a target in % of LOP.
+TARGET_DIFFERS_MMHG: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +57,8 @@ class Row:
     unit: str | None
 
 
-# The table, in its order: where several rows of a kind hold, the first one gives the alert's
-# value and threshold, the worst one its severity.
+# The table, in its order: where several rows of a kind hold, the worst sets the severity and
+# gives the alert's value and threshold (among rows of one severity, the first listed).
 HARD_CEILING: Final = Row("hard_ceiling", AlertKind.OVER_PRESSURE, Severity.CRITICAL, "mmHg")
 LOP_MEAN: Final = Row("lop_mean", AlertKind.OVER_PRESSURE, Severity.CRITICAL, "mmHg")
 ABOVE_BAND: Final = Row("above_band", AlertKind.OVER_PRESSURE, Severity.WARNING, "mmHg")
@@ -79,12 +87,17 @@ _SEQ_BACK_I: Final = FAULT_ROWS.index(SEQ_BACK)
 
 
 class Verdict(NamedTuple):
-    """A kind's condition holds: worst severity, and the first holding row's numbers."""
+    """A kind's condition holds: the row that sets its severity, with that row's numbers.
+
+    `note` adds what staff need beside the numbers (a cuff set to another pressure than
+    prescribed names both).
+    """
 
     severity: Severity
     row: Row
     value: float | None
     threshold: float | None
+    note: str | None = None
 
 
 class Evidence(enum.Enum):
@@ -176,10 +189,11 @@ class CuffEvidence:
     """What the rules know about one cuff: last reading, bout, windows, faults, battery."""
 
     __slots__ = (
-        "_limb", "athlete", "band_mean", "below_since_ms", "bout", "cuff", "fault_at",
-        "fault_floor", "fault_now", "fault_threshold", "fault_value", "hard_mmhg", "hard_ms",
-        "inflated", "last_end_ms", "last_hit_max", "last_seen", "last_seq", "last_ts_ms", "limb",
-        "lop_mean", "means", "session", "target", "team",
+        "_limb", "athlete", "band_mean", "below_since_ms", "bout", "clock", "cuff",
+        "device_target", "fault_at", "fault_floor", "fault_now", "fault_threshold",
+        "fault_value", "hard_mmhg", "hard_ms", "inflated", "last_end_ms", "last_hit_max",
+        "last_seen", "last_seq", "last_ts_ms", "limb", "lop_mean", "means", "session", "target",
+        "team",
     )
 
     def __init__(self, team: str, cuff: str, athlete: str, limb: str) -> None:
@@ -188,11 +202,13 @@ class CuffEvidence:
         self.athlete = athlete
         self.limb = limb
         self._limb: object = None  # the Limb `limb` was read from
-        self.last_ts_ms: int | None = None  # device time, clamped to never go backwards
+        self.clock = DeviceClock()
+        self.last_ts_ms: int | None = None  # rule time of the last reading (alerts.clock)
         self.last_seen = 0.0  # gateway clock at the last reading
         self.last_seq: int | None = None
         self.inflated = False
-        self.target: float | None = None
+        self.target: float | None = None  # the prescription's, else the cuff's own
+        self.device_target: float | None = None  # what the cuff said it regulates to
         self.bout: Bout | None = None
         self.last_end_ms: int | None = None  # device time the previous bout ended
         self.last_hit_max = False
@@ -215,7 +231,7 @@ class CuffEvidence:
         return self.last_ts_ms is not None
 
     def device_now_ms(self, now: float) -> int:
-        """Device time now, extrapolated from the last reading by the gateway clock."""
+        """Rule time now, extrapolated from the last reading by the gateway clock."""
         last = self.last_ts_ms if self.last_ts_ms is not None else round(now * 1000)
         return last + max(0, round((now - self.last_seen) * 1000))
 
@@ -228,20 +244,24 @@ class CuffEvidence:
     def observe(self, r: Reading, p: RuleParams, now: float) -> BoutSummary | None:
         """Fold a reading in (clock `now`); return the bout it ended, if any.
 
-        Once per reading: the reading is unpacked once and nothing is looked up twice.
+        Every time here is rule time (`alerts.clock`): the device's spacing of its readings,
+        continuous across clock resets, jumps and glitches. Once per reading: the reading is
+        unpacked once and nothing is looked up twice.
         """
-        _, _, athlete, limb, ts, seq, x, elapsed, inflated, own_target, _, _, _ = r
-        last_ts = self.last_ts_ms
-        if last_ts is not None and ts < last_ts:
-            ts = last_ts  # out-of-order device time: windows need a monotonic clock
+        _, _, athlete, limb, ts, seq, x, elapsed, inflated, own_target, _, skew, received = r
+        clock = self.clock
+        # the device's own time, also where it was too far off to be stored (its spacing of
+        # readings still holds): the clock model makes rule time of it
+        ts = clock.observe(ts if skew is None else received + round(skew * 1000.0), received)
+        if elapsed > MAX_ELAPSED_S:  # noqa: PLR1730 - min() is a call per reading
+            elapsed = MAX_ELAPSED_S
         self.athlete = athlete
         if limb is not self._limb:  # Limb.value is an enum descriptor: read it on change only
             self._limb = limb
             self.limb = limb.value
         self.fault_now = False
         last_seq = self.last_seq
-        if last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF:
-            self._fault(_SEQ_BACK_I, now, None, None)
+        seq_back = last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF
         self.last_seq = seq
         plausible = PLAUSIBLE_MIN_MMHG <= x <= PLAUSIBLE_MAX_MMHG
         if not plausible:
@@ -250,18 +270,24 @@ class CuffEvidence:
         if x >= p.hard_max_mmhg:  # the hard ceiling counts any reading, plausible or not
             self.hard_ms = ts
             self.hard_mmhg = x
-        target = own_target if own_target is not None else p.target_mmhg
+        # the staff's prescription first; the cuff's own report only where none is known
+        target = p.target_mmhg if p.target_mmhg is not None else own_target
         self.target = target
+        self.device_target = own_target
 
         ended: BoutSummary | None = None
         bout = self.bout
         if inflated:
             if bout is not None and elapsed < bout.last_elapsed_s:
+                # a bout that began after our last reading: a restarted cuff (seq and elapsed
+                # from 0) or a missed deflation; a new bout, no fault (SPEC §3)
                 if ts - elapsed * 1000.0 >= bout.last_ts_ms - NEW_BOUT_SLACK_MS:
                     ended = self._end_bout(bout, bout.last_ts_ms)
                     bout = None
                 else:
                     self._fault(_ELAPSED_BACK_I, now, elapsed, bout.last_elapsed_s)
+            elif bout is not None and seq_back:  # seq went back while the bout's time goes on
+                self._fault(_SEQ_BACK_I, now, None, None)
             if bout is None:
                 bout = self._start_bout(ts, r, p)
             bout.add(ts, elapsed, x, plausible=plausible, target=target, p=p)
@@ -269,7 +295,7 @@ class CuffEvidence:
             ended = self._end_bout(bout, ts)
 
         if plausible:  # implausible readings stay out of every mean (SPEC §3)
-            self.lop_mean, band_mean = self.means.add(ts, x)
+            self.lop_mean, band_mean = self.means.add(ts, x, clock.hold_ms)
         else:
             self.lop_mean, band_mean = self.means.means()
         self.band_mean = band_mean
@@ -289,7 +315,7 @@ class CuffEvidence:
 
     def _start_bout(self, ts: int, r: Reading, p: RuleParams) -> Bout:
         # the true start, even for a bout that began before a gateway restart
-        start = round(ts - r.elapsed_s * 1000.0)
+        start = round(ts - min(r.elapsed_s, MAX_ELAPSED_S) * 1000.0)
         bout = Bout(start_ms=start, athlete=r.athlete, limb=r.limb.value)
         if self.last_end_ms is not None:
             bout.rest_s = max(0, start - self.last_end_ms) / 1000.0
@@ -328,7 +354,8 @@ def judge_over_pressure(ev: CuffEvidence, p: RuleParams) -> Judgement:
     if lop is not None and p.protocol is not _IPC:
         m = ev.lop_mean
         if m is None:
-            unknown = ev.inflated
+            if ev.inflated:  # the critical row cannot judge: nothing may lower the alert
+                return UNKNOWN
         elif m >= lop:
             return Verdict(Severity.CRITICAL, LOP_MEAN, m, lop)
     target = ev.target
@@ -337,8 +364,16 @@ def judge_over_pressure(ev: CuffEvidence, p: RuleParams) -> Judgement:
     if m is None:
         unknown = unknown or ev.inflated
     elif m > limit:
-        return Verdict(Severity.WARNING, ABOVE_BAND, m, limit)
+        return Verdict(Severity.WARNING, ABOVE_BAND, m, limit, _set_apart(ev))
     return UNKNOWN if unknown else CLEAR
+
+
+def _set_apart(ev: CuffEvidence) -> str | None:
+    """'cuff set to 165, prescribed 120' where the cuff regulates to another target."""
+    own, target = ev.device_target, ev.target
+    if own is None or target is None or abs(own - target) < TARGET_DIFFERS_MMHG:
+        return None
+    return f"cuff set to {_num(own)}, prescribed {_num(target)}"
 
 
 def judge_under_pressure(ev: CuffEvidence, p: RuleParams) -> Judgement:
@@ -354,7 +389,7 @@ def judge_under_pressure(ev: CuffEvidence, p: RuleParams) -> Judgement:
         return CLEAR
     since, ts = ev.below_since_ms, ev.last_ts_ms
     if since is not None and ts is not None and ts - since >= UNDER_PRESSURE_AFTER_MS:
-        return Verdict(Severity.WARNING, BELOW_BAND, m, limit)
+        return Verdict(Severity.WARNING, BELOW_BAND, m, limit, _set_apart(ev))
     return UNKNOWN  # below, but not for 7 s yet: an open alert stays, none is raised
 
 
@@ -367,10 +402,9 @@ def judge_over_time(ev: CuffEvidence, p: RuleParams) -> Judgement:
     warn, hard = e >= p.warn_bout_s, e >= p.max_bout_s
     if not (warn or hard):
         return CLEAR
-    severity = Severity.CRITICAL if hard else Severity.WARNING
-    if warn:  # the first row that holds gives value and threshold (SPEC §3)
-        return Verdict(severity, BOUT_WARN, e, p.warn_bout_s)
-    return Verdict(severity, BOUT_MAX, e, p.max_bout_s)
+    if hard:  # the row that sets the severity gives value and threshold (SPEC §3)
+        return Verdict(Severity.CRITICAL, BOUT_MAX, e, p.max_bout_s)
+    return Verdict(Severity.WARNING, BOUT_WARN, e, p.warn_bout_s)
 
 
 def judge_short_reperfusion(ev: CuffEvidence) -> Judgement:
@@ -436,12 +470,22 @@ def offline_verdict(silent_s: float, stale_after_s: float | None) -> Verdict:
 def _num(x: float | None) -> str:
     if x is None:
         return "?"
+    if abs(x) >= 1e9:  # an absurd value a device sent: short, not 300 digits
+        return f"{x:.3g}"
     text = f"{x:.1f}"
     return text[:-2] if text.endswith(".0") else text
 
 
-def describe(row: Row | None, who: str, value: float | None, threshold: float | None) -> str:
-    """The human message for an alert at `row` (`who` = "athlete limb")."""
+def describe(
+    row: Row | None, who: str, value: float | None, threshold: float | None,
+    note: str | None = None,
+) -> str:
+    """The human message for an alert at `row` (`who` = "athlete limb"), with `note` after."""
+    text = _describe(row, who, value, threshold)
+    return text if note is None else f"{text}; {note}"
+
+
+def _describe(row: Row | None, who: str, value: float | None, threshold: float | None) -> str:
     v, t = _num(value), _num(threshold)
     if row is HARD_CEILING:
         return f"{who} cuff at {v} mmHg (limit {t})"

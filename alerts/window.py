@@ -61,15 +61,22 @@ class PairedMeans:
         self._anchor_s = self._anchor_l = None
         self._last_ms = None
 
-    def add(self, ts_ms: int, value: float) -> tuple[float | None, float | None]:
-        """Add a sample (`ts_ms` must not go backwards); return (short mean, long mean)."""
+    def add(
+        self, ts_ms: int, value: float, hold_ms: float = 0.0
+    ) -> tuple[float | None, float | None]:
+        """Add a sample (`ts_ms` must not go backwards); return (short mean, long mean).
+
+        A silence longer than a window and than `hold_ms` (the cuff's own spacing of readings,
+        twice over) starts that window over; a shorter one does not, so a cuff that reports
+        every 2.5 s still has a 2 s mean: its latest reading.
+        """
         ts, values = self._ts, self._values
         last = self._last_ms
         if last is not None:
             gap = ts_ms - last
-            if gap > self.long_ms:
+            if gap > self.long_ms and gap > hold_ms:
                 self.reset()  # both windows start over
-            elif gap > self.short_ms:  # only the short one starts over
+            elif gap > self.short_ms and gap > hold_ms:  # only the short one starts over
                 self._head_s = len(ts)
                 self._sum_s = 0.0
                 self._anchor_s = None

@@ -54,6 +54,11 @@ REJECT_LOG_MAX_KEYS = 10_000  # hostile ids are unbounded; the rate limiter's me
 SPOOL_FULL_RETRY_S = 0.5  # while the spool is full, hold the message (no PUBACK) and retry
 DRAIN_TIMEOUT_S = 10.0  # SIGTERM: in-flight messages and the final flush get this long
 DRAIN_POLL_S = 0.02  # the drain polls two counters owned by other tasks; cheap and rare
+RETAINED_ACK = "an ack must not be retained (SPEC §2): a retained ack is not someone acting now"
+RETAINED_TELEMETRY = (
+    "telemetry must not be retained (SPEC §2): a retained reading is not live; clear it with "
+    "an empty retained message on this topic"
+)
 
 
 class Notifier(Protocol):
@@ -313,6 +318,10 @@ class Gateway:
         if parsed.kind is not TopicKind.TELEMETRY:
             return self._on_message_slow(parsed, payload, retain)
         try:
+            if retain:
+                # a retained reading outlives its moment: the broker hands it to every new
+                # subscription, hours later. Its data came live when it was published.
+                raise Rejected(RejectReason.RETAINED, RETAINED_TELEMETRY)  # noqa: TRY301
             self._stage_telemetry(parsed.team, parsed.cuff, payload)
         except Rejected as rej:
             self._reject(Rejection(parsed.team, parsed.cuff, rej.reason, rej.detail, payload))
@@ -370,6 +379,8 @@ class Gateway:
             elif parsed.kind is TopicKind.ASSIGNMENT:
                 self._assignment(team, cuff, payload)
             elif parsed.kind is TopicKind.ACK:
+                if retain:  # replayed to every new subscription: it would silence forever
+                    raise Rejected(RejectReason.RETAINED, RETAINED_ACK)  # noqa: TRY301
                 await self._ack(team, cuff, parsed.alert_kind or "", payload)
             elif parsed.kind is TopicKind.ALERT and retain and payload:
                 self._restore_alert(team, cuff, payload)
@@ -408,7 +419,7 @@ class Gateway:
         accepted = 0
         for raw in raws:
             device_ts = raw.ts_ms()
-            if is_duplicate(raw.seq, device_ts):
+            if is_duplicate(raw.seq, device_ts, raw.pressure_mmhg, raw.elapsed_s):
                 counters.duplicates += 1
                 self._stage_dups = True
                 continue
@@ -420,9 +431,10 @@ class Gateway:
             accepted += 1
             if reading.battery_pct is not None:
                 state.battery_pct = reading.battery_pct
-            own = reading.target_mmhg
             stage_reading(reading)
-            stage_target(own if own is not None else params.target_mmhg)
+            # the target the rules judged by: the prescription, else the cuff's own (SPEC §3)
+            rx = params.target_mmhg
+            stage_target(rx if rx is not None else reading.target_mmhg)
             if outcome is not NOTHING:
                 if outcomes is None:
                     outcomes = []
@@ -551,6 +563,7 @@ class Gateway:
         except (ValueError, TypeError, RecursionError):
             log.warning("%s/%s: ignoring an unreadable retained alert", team, cuff)
             return
+        self.fleet.lookup(team, cuff)  # only the roster's cuffs: Rejected otherwise
         if alert.team == team and alert.cuff == cuff and alert.state is not AlertState.RESOLVED:
             self.engine.restore(alert)
 

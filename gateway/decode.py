@@ -63,6 +63,7 @@ class RejectReason(enum.StrEnum):
     INVALID_ASSIGNMENT = "invalid_assignment"
     INVALID_STATUS = "invalid_status"
     NOT_AUTHORISED = "not_authorised"
+    RETAINED = "retained"
 
 
 class Rejected(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from alerts.params import RuleParams
@@ -9,13 +10,33 @@ from gateway.config import Assignment, Settings
 from gateway.decode import RawReading, Rejected, RejectReason
 from gateway.model import CuffPhase, Limb, Reading
 
-# QoS 1 redelivery repeats recent messages (a reconnect redelivers the unacknowledged ones,
-# which the ack-after-fsync path keeps to a few batches); a bitmap over the last 2,048 seq
-# numbers catches them in ~300 bytes per cuff (a set of (seq, ts) tuples took ~390 KiB).
-DEDUP_WINDOW = 2048
-_WINDOW_MASK = (1 << DEDUP_WINDOW) - 1
-_SEQ_MOD = 1 << 32
-_SEQ_HALF = 1 << 31
+# Duplicates are (cuff, seq, device time) repeats (SPEC §4): a QoS 1 redelivery repeats the
+# whole message. Each cuff keeps, per seq modulo DEDUP_SLOTS, a 64-bit fingerprint of the
+# last reading with that seq: its seq, device time, pressure and elapsed time. A reading is a
+# duplicate only if it matches all four, so a restarted cuff counting from 0 again, whatever
+# its clock did, is new data (dropping a real reading can hide a danger; storing a repeat
+# is harmless). A redelivery is of messages not yet acknowledged: at most the broker's
+# in-flight window (deploy/mosquitto: max_inflight_messages 1000, fleet-wide) behind the
+# newest seq, so 1,024 slots catch it. 8 KiB per cuff, allocated at its first reading.
+DEDUP_SLOTS = 1024
+_SLOT_MASK = DEDUP_SLOTS - 1
+
+
+@dataclass(slots=True)
+class Dedup:
+    """The recent readings of one cuff, by fingerprint, to drop redeliveries."""
+
+    slots: array[int] = field(default_factory=lambda: array("q", bytes(8 * DEDUP_SLOTS)))
+
+    def seen(self, seq: int, device_ts: int, pressure: float, elapsed: float) -> bool:
+        """Remember this reading; True if exactly this reading was seen recently."""
+        mark = hash((seq, device_ts, pressure, elapsed)) or 1  # 0 marks an unused slot
+        slot = seq & _SLOT_MASK
+        slots = self.slots
+        if slots[slot] == mark:
+            return True
+        slots[slot] = mark
+        return False
 
 
 @dataclass(slots=True)
@@ -34,11 +55,9 @@ class CuffState:
     last_elapsed_s: float = 0.0
     battery_pct: float | None = None
     accepted: int = 0
-    last_ts_ms: int = 0  # the last timestamp stored for this cuff
+    last_ts_ms: int = 0  # the last receive-time timestamp given to a clock-skewed reading
     _params: dict[tuple[str, Limb], RuleParams] = field(default_factory=dict)
-    _high_seq: int = -1  # highest seq seen (serial arithmetic mod 2^32); -1: none yet
-    _high_ts: int = 0  # the newest device time seen
-    _seen: int = 0  # bit i set: seq (_high_seq - i) mod 2^32 was seen
+    _dedup: Dedup | None = None
 
     @property
     def athlete(self) -> str:
@@ -50,36 +69,12 @@ class CuffState:
             return self.assignment.limb
         return self.roster_limb
 
-    def is_duplicate(self, seq: int, device_ts: int) -> bool:
-        """Remember this reading; True if it is a redelivery of one seen recently.
-
-        A seq already seen counts as a redelivery only if its device time is not newer than
-        the newest seen: a cuff that reboots and restarts its counter at 0 sends newer
-        readings, and those start a fresh window instead of being dropped.
-        """
-        high = self._high_seq
-        if high < 0:
-            self._high_seq, self._high_ts, self._seen = seq, device_ts, 1
-            return False
-        behind = (high - seq) % _SEQ_MOD
-        if behind >= _SEQ_HALF:  # ahead of the highest: slide the window forward
-            ahead = _SEQ_MOD - behind
-            self._seen = ((self._seen << ahead) | 1) & _WINDOW_MASK if ahead < DEDUP_WINDOW else 1
-            self._high_seq = seq
-            self._high_ts = max(self._high_ts, device_ts)
-            return False
-        if behind >= DEDUP_WINDOW:
-            return False  # older than the window: stored again at worst, which is harmless
-        bit = 1 << behind
-        if self._seen & bit:
-            if device_ts <= self._high_ts:
-                return True
-            # the same seq with a newer time: the counter restarted (a reboot)
-            self._high_seq, self._high_ts, self._seen = seq, device_ts, 1
-            return False
-        self._seen |= bit
-        self._high_ts = max(self._high_ts, device_ts)
-        return False
+    def is_duplicate(self, seq: int, device_ts: int, pressure: float, elapsed: float) -> bool:
+        """Remember this reading; True if it repeats one seen recently (a redelivery)."""
+        dedup = self._dedup
+        if dedup is None:
+            dedup = self._dedup = Dedup()
+        return dedup.seen(seq, device_ts, pressure, elapsed)
 
     def set_assignment(self, assignment: Assignment | None) -> None:
         self.assignment = assignment
@@ -129,10 +124,11 @@ class Fleet:
         skew: float | None = None
         if ts - received_ms > self._max_ahead_ms or received_ms - ts > self._max_behind_ms:
             skew = (ts - received_ms) / 1000.0
-            # receive time instead; kept unique per cuff so that the readings of one array
-            # do not overwrite each other in InfluxDB (same series, same timestamp)
+            # receive time instead; kept unique among the cuff's flagged readings so that
+            # those of one array do not overwrite each other in InfluxDB (same series, same
+            # timestamp). The rules still see the device's own time (received + skew).
             ts = max(received_ms, state.last_ts_ms + 1)
-        state.last_ts_ms = ts
+            state.last_ts_ms = ts
         # positional, in field order (team, cuff, athlete, limb, ts_ms, seq, pressure_mmhg,
         # elapsed_s, inflated, target_mmhg, battery_pct, clock_skew_s, received_ms): once
         # per reading, and keywords cost a third more

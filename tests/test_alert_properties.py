@@ -227,7 +227,7 @@ _events = st.one_of(
         st.sampled_from([0.1, 0.5, 1.0, 1.0, 1.0, 3.0, 12.0]),
         st.integers(1, 15),  # that many readings, ticking after each: sustained phases
         st.booleans(),  # inflated
-        st.sampled_from([0.0, 0.0, 0.0, 120.0]),  # lag: backlog now and then
+        st.sampled_from([0.0, 0.0, 0.0, 120.0]),  # away: the broker held this much backlog
         st.one_of(st.none(), st.floats(0.0, 100.0)),  # battery
         st.sampled_from([None, None, None, None, "seq", "elapsed"]),  # glitch
     ),
@@ -279,19 +279,22 @@ def test_any_event_sequence_keeps_a_consistent_lifecycle(events: list[tuple[obje
     rig = Rig()
     for event in events:
         match event:
-            case ("read", float(p), float(dt), int(n), bool(inflated), float(lag), battery, glitch):
+            case ("read", float(p), float(dt), int(n), bool(inflated), float(away), battery, glitch):  # noqa: E501
                 assert battery is None or isinstance(battery, float)
                 seq = max(0, rig.seq - 5) if glitch == "seq" else None
                 elapsed = max(0.0, rig.elapsed - 5.0) if glitch == "elapsed" and inflated else None
+                rig.away(away)  # these readings waited in the broker: they arrive in a burst
                 for _ in range(n):
                     out = rig.read(
-                        p, dt=dt, inflated=inflated, lag_s=lag, battery=battery, seq=seq,
-                        elapsed=elapsed,
+                        p, dt=dt, inflated=inflated, battery=battery, seq=seq, elapsed=elapsed,
+                        arrive_dt=dt / 50 if away else None,
                     )
                     seq = elapsed = None  # the glitch, if any, is the first reading's
-                    if lag > rig.params.alert_max_age_s:
+                    if rig.clock.t - rig.device_t > rig.params.alert_max_age_s:
                         assert not any(t.push for t in out.transitions), "backlog: never pushed"
                     rig.tick()
+                if away:
+                    rig.catch_up(p, inflated=inflated)
             case ("tick", float(advance)):
                 rig.tick(advance)
             case ("ack", AlertKind() as kind):
@@ -346,10 +349,14 @@ def test_rolling_mean_matches_brute_force(
         ),
         max_size=600,
     ),
+    hold=st.sampled_from([0.0, 2500.0, 5000.0, 10_000.0]),
 )
-def test_paired_means_are_exactly_two_rolling_means(steps: list[tuple[int, float, int]]) -> None:
-    # stuck clocks (dt 0) hit the sample cap, gaps hit each window's restart, long runs hit
-    # compaction and the periodic re-sum: the pair must equal two RollingMeans bit for bit
+def test_paired_means_are_exactly_two_rolling_means(
+    steps: list[tuple[int, float, int]], hold: float
+) -> None:
+    # stuck clocks (dt 0) hit the sample cap, gaps hit each window's restart (or not, within
+    # a sparse cuff's hold), long runs hit compaction and the periodic re-sum: the pair must
+    # equal two RollingMeans bit for bit
     pair = PairedMeans(2.0, 5.0)
     short, long = RollingMean(2.0), RollingMean(5.0)
     ts = 0
@@ -361,8 +368,8 @@ def test_paired_means_are_exactly_two_rolling_means(steps: list[tuple[int, float
             long.reset()
             assert pair.means() == (None, None)
             continue
-        got = pair.add(ts, x)
-        assert got == (short.add(ts, x), long.add(ts, x))
+        got = pair.add(ts, x, hold)
+        assert got == (short.add(ts, x, hold), long.add(ts, x, hold))
         assert pair.means() == got == (short.mean(), long.mean())
 
 

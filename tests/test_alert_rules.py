@@ -30,12 +30,12 @@ def only(transitions: tuple[Transition, ...] | list[Transition]) -> Transition:
     return transitions[0]
 
 
-def hold_until(rig: Rig, pressure: float, kind: AlertKind, *, limit: int = 100) -> tuple[
-    int, Transition
-]:
+def hold_until(
+    rig: Rig, pressure: float, kind: AlertKind, *, limit: int = 100, target: float | None = None
+) -> tuple[int, Transition]:
     """Feed 1 Hz readings until one yields a transition of `kind`; return (1-based index, it)."""
     for i in range(1, limit + 1):
-        for t in rig.read(pressure).transitions:
+        for t in rig.read(pressure, target=target).transitions:
             if t.alert.kind is kind:
                 return i, t
     raise AssertionError(f"no {kind} transition in {limit} readings")
@@ -174,11 +174,21 @@ def test_band_row_without_a_target_uses_the_default_max() -> None:
     assert (t.alert.severity, t.alert.threshold) == (Severity.WARNING, 240.0)
 
 
-def test_the_readings_own_target_overrides_the_prescription() -> None:
+def test_the_prescription_overrides_the_readings_own_target() -> None:
+    """SPEC v2 §3: a cuff set to another pressure than prescribed is judged by the
+    prescription, and the message names both."""
     rig = Rig()  # prescription target 132
-    assert rig.hold(200, 20, target=200.0) == []
-    _, t = hold_until(rig, 200, OP)  # without the device's target, 200 > 147
-    assert t.alert.threshold == 147.0
+    rig.deflate(2)
+    _, t = hold_until(rig, 165, OP, target=165.0)  # the cuff regulates to its own 165
+    assert (t.alert.severity, t.alert.value, t.alert.threshold) == (Severity.WARNING, 165.0, 147.0)
+    assert t.alert.message.endswith("cuff set to 165, prescribed 132")
+
+
+def test_the_readings_own_target_counts_where_nothing_is_prescribed() -> None:
+    rig = Rig(leg_params(target_mmhg=None, lop_mmhg=None))
+    assert rig.hold(200, 20, target=200.0) == []  # no prescription: the cuff's own 200
+    _, t = hold_until(rig, 220, OP, target=200.0)
+    assert (t.alert.threshold, t.alert.message.count("prescribed")) == (215.0, 0)
 
 
 def test_band_mean_waits_for_5s_at_bout_start() -> None:
@@ -246,8 +256,8 @@ def test_over_time_warning_then_critical_in_place_then_resolved_on_deflation() -
     crit = only(rig.read(132).transitions)
     assert (crit.change, crit.push, crit.alert.id) == (Change.UPDATED, True, warn.alert.id)
     assert crit.alert.severity is Severity.CRITICAL
-    # SPEC §3: several rows hold, so value and threshold are the first row's (warn_bout_s)
-    assert (crit.alert.value, crit.alert.threshold) == (1200.0, 600.0)
+    # SPEC v2 §3: value and threshold are those of the row that sets the severity
+    assert (crit.alert.value, crit.alert.threshold) == (1200.0, 1200.0)
     done = only(rig.read(0, inflated=False).transitions)
     assert (done.change, done.alert.id, done.push) == (Change.RESOLVED, warn.alert.id, True)
 
@@ -547,27 +557,62 @@ def test_a_reopened_critical_alert_may_escalate_again() -> None:
 
 def test_backlog_readings_emit_unpushed_transitions_and_do_not_escalate() -> None:
     rig = Rig()
-    rig.hold(132, 10, lag_s=120.0)
-    raised = only(rig.read(320, lag_s=120.0).transitions)
+    rig.hold(132, 10)
+    rig.away(300)  # the broker holds the cuff's readings meanwhile
+    rig.hold(132, 10, arrive_dt=0.01)
+    raised = only(rig.read(320, arrive_dt=0.01).transitions)
     assert (raised.change, raised.push) == (Change.RAISED, False)
-    assert raised.alert.started_at_ms == round((T0 + 11 - 120) * 1000)  # when it happened
-    assert rig.hold(320, 120, tick=True, lag_s=120.0) == []  # backlog does not escalate
-    changes = [(t.change, t.push) for t in rig.hold(132, 6, lag_s=120.0)]
+    assert raised.alert.started_at_ms == round((T0 + 21) * 1000)  # when it happened
+    assert rig.hold(320, 120, tick=True, arrive_dt=0.01) == []  # backlog does not escalate
+    changes = [(t.change, t.push) for t in rig.hold(132, 6, arrive_dt=0.01)]
     assert changes == [(Change.UPDATED, False), (Change.RESOLVED, False)]
 
 
-def test_a_backlog_alert_escalates_once_live_readings_confirm_it() -> None:
+def test_a_backlog_alert_is_pushed_and_escalates_once_live_readings_confirm_it() -> None:
     rig = Rig()
-    rig.hold(132, 10, lag_s=120.0)
-    rig.hold(320, 120, tick=True, lag_s=120.0)
-    assert rig.read(320).transitions == ()  # the same condition, now live
-    assert only(rig.tick()).change is Change.ESCALATED
+    rig.hold(132, 10)
+    rig.away(300)
+    rig.hold(320, 120, tick=True, arrive_dt=0.01)
+    # the catch-up reaches readings within alert_max_age_s: the condition holds now
+    live = only([t for t in rig.catch_up(320) if t.push])
+    assert (live.change, live.alert.state) == (Change.UPDATED, AlertState.FIRING)
+    assert rig.hold(320, 58, tick=True) == []
+    assert only(rig.hold(320, 3, tick=True)).change is Change.ESCALATED
 
 
 def test_a_reading_just_within_alert_max_age_is_pushed() -> None:
     rig = Rig()
-    rig.hold(132, 10, lag_s=60.0)
-    assert only(rig.read(320, lag_s=60.0).transitions).push
+    rig.hold(132, 10)
+    rig.away(58)
+    assert only(rig.read(320, arrive_dt=0.01).transitions).push
+    rig = Rig()
+    rig.hold(132, 10)
+    rig.away(62)
+    assert not only(rig.read(320, arrive_dt=0.01).transitions).push
+
+
+@pytest.mark.parametrize("lag_s", [120.0, 3000.0, -200.0])
+def test_a_cuff_whose_clock_is_off_gets_pushes_for_what_happens_now(lag_s: float) -> None:
+    """SPEC v2 §3: a lagging (or leading) cuff clock no longer silences pushes."""
+    rig = Rig()
+    rig.hold(132, 3, lag_s=lag_s)
+    raised = only(rig.read(320, lag_s=lag_s).transitions)
+    assert (raised.change, raised.push) == (Change.RAISED, True)
+
+
+def test_a_clock_that_lags_from_the_first_reading_is_pushed_within_a_second() -> None:
+    rig = Rig()
+    first = only(rig.read(320, lag_s=120.0).transitions)  # no history: it looks 2 min old
+    assert (first.change, first.push) == (Change.RAISED, False)
+    live = only(rig.read(320, lag_s=120.0).transitions)  # 1 s later, at live pace
+    assert (live.change, live.push, live.alert.id) == (Change.UPDATED, True, first.alert.id)
+
+
+def test_a_clock_step_back_keeps_pushes_coming() -> None:
+    rig = Rig()
+    rig.hold(132, 10)
+    rig.hold(132, 5, lag_s=120.0)  # SNTP stepped the cuff's clock back 2 min
+    assert only(rig.read(320, lag_s=120.0).transitions).push
 
 
 def test_restore_adopts_a_retained_alert_and_resolves_it_with_the_same_id() -> None:
@@ -579,7 +624,11 @@ def test_restore_adopts_a_retained_alert_and_resolves_it_with_the_same_id() -> N
     after = Rig()  # a restarted gateway: new engine, same cuff, the bout still running
     after.engine.restore(alert)
     assert [a.id for a in after.engine.open_alerts()] == [alert.id]
-    assert after.read(132, elapsed=720.0).transitions == ()  # same severity: no new alert
+    # the first live verdict publishes the alert as it stands (a retained message proves
+    # nothing), with the same id; later readings add nothing
+    live = only(after.read(132, elapsed=720.0).transitions)
+    assert (live.change, live.push, live.alert.id) == (Change.UPDATED, True, alert.id)
+    assert after.read(132, elapsed=721.0).transitions == ()
     done = only(after.read(0, inflated=False).transitions)
     assert (done.change, done.alert.id) == (Change.RESOLVED, alert.id)
     assert after.engine.open_alerts() == []

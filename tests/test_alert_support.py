@@ -61,7 +61,9 @@ class Rig:
     """An engine, a fake clock and one cuff whose device time runs with the clock.
 
     `read()` advances both clocks by `dt`, counts `seq` and `elapsed_s` as a cuff would, and
-    records every transition in `log` and every finished bout in `bouts`.
+    records every transition in `log` and every finished bout in `bouts`. `away()` moves only
+    the gateway clock (the cuff's readings wait in the broker); readings fed with a small
+    `arrive_dt` then arrive as that backlog does, faster than their device time advances.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Rig:
         self.elapsed = 0.0
         self.inflated = False
         self.last_ts_ms = 0  # device time of the last reading fed
+        self.device_t = self.clock.t  # the true time the cuff's next reading is taken after
         self.log: list[Transition] = []
         self.bouts: list[BoutSummary] = []
 
@@ -92,14 +95,17 @@ class Rig:
         seq: int | None = None,
         lag_s: float = 0.0,
         params: RuleParams | None = None,
+        arrive_dt: float | None = None,
     ) -> Outcome:
-        """Feed the next reading, `dt` seconds after the last; `lag_s` makes it that old."""
-        self.clock.advance(dt)
+        """Feed the next reading, taken `dt` seconds after the last and arriving `arrive_dt`
+        (default `dt`) after it; `lag_s` is how far the cuff's clock lags true time."""
+        self.clock.advance(dt if arrive_dt is None else arrive_dt)
+        self.device_t += dt
         if elapsed is None:
             elapsed = (self.elapsed + dt if self.inflated else 0.0) if inflated else 0.0
         self.elapsed, self.inflated = elapsed, inflated
         self.seq = (self.seq + 1) % (1 << 32) if seq is None else seq
-        ts_ms = self.last_ts_ms = round((self.clock.t - lag_s) * 1000)
+        ts_ms = self.last_ts_ms = round((self.device_t - lag_s) * 1000)
         reading = Reading(
             team=self.team, cuff=self.cuff, athlete=self.athlete, limb=self.params.limb,
             ts_ms=ts_ms, seq=self.seq, pressure_mmhg=pressure, elapsed_s=elapsed,
@@ -123,13 +129,25 @@ class Rig:
                 out.extend(self.tick())
         return out
 
+    def away(self, seconds: float) -> None:
+        """The gateway is away this long: its clock moves, the cuff's readings queue."""
+        self.clock.advance(seconds)
+
+    def catch_up(self, pressure: float, *, arrive_dt: float = 0.01, **kw: Any) -> list[Transition]:
+        """Deliver the queued 1 Hz readings (at `pressure`) as a backlog burst until live."""
+        out: list[Transition] = []
+        while self.device_t + 1.0 <= self.clock.t:
+            out.extend(self.read(pressure, arrive_dt=arrive_dt, **kw).transitions)
+        return out
+
     def deflate(self, seconds: float = 1.0) -> list[Transition]:
         """Deflated readings (0 mmHg) for `seconds` at 1 Hz, the first one ending the bout."""
         return self.hold(0.0, seconds, inflated=False)
 
     def tick(self, advance: float = 0.0) -> tuple[Transition, ...]:
-        """Move the gateway clock (not the cuff) and tick the engine."""
+        """Let `advance` seconds pass (the cuff silent meanwhile) and tick the engine."""
         self.clock.advance(advance)
+        self.device_t += advance
         out = self.engine.tick()
         self.log.extend(out)
         return out

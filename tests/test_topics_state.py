@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from gateway.config import Assignment, load_settings
 from gateway.decode import ReadingIn, Rejected, RejectReason
 from gateway.model import Limb
-from gateway.state import DEDUP_WINDOW, Fleet
+from gateway.state import DEDUP_SLOTS, Fleet
 from gateway.topics import BadTopic, TopicKind, Topics
 
 
@@ -68,12 +68,35 @@ def test_roster_checks(fleet: Fleet) -> None:
 
 def test_dedup_by_seq_and_device_time(fleet: Fleet) -> None:
     c = fleet.lookup("t1", "c1")
-    assert not c.is_duplicate(5, 1000)
-    assert c.is_duplicate(5, 1000)
-    assert not c.is_duplicate(5, 9000)  # a rebooted cuff reusing seq 5 later is new data
-    for i in range(DEDUP_WINDOW):
-        c.is_duplicate(100 + i, 2000 + i)
-    assert not c.is_duplicate(5, 1000)  # the window is bounded
+    assert not c.is_duplicate(5, 1000, 150.0, 3.0)
+    assert c.is_duplicate(5, 1000, 150.0, 3.0)
+    assert not c.is_duplicate(5, 9000, 150.0, 3.0)  # a rebooted cuff reusing seq 5 later
+    assert not c.is_duplicate(5, 9000, 380.0, 3.0)  # same seq and time, other values: new
+    for i in range(DEDUP_SLOTS):
+        c.is_duplicate(100 + i, 2000 + i, 150.0, 3.0)
+    assert not c.is_duplicate(5, 1000, 150.0, 3.0)  # the memory is bounded
+
+
+@pytest.mark.parametrize(
+    "restart_ts",
+    [5_000, 1_000_000 + 99 * 100, 1_000_000 + 99 * 100 - 2_000, 1_000_000 + 100 * 100],
+    ids=["clock-reset", "same-time-as-last", "2s-earlier", "running-clock"],
+)
+def test_a_restarted_cuff_is_never_a_duplicate(fleet: Fleet, restart_ts: int) -> None:
+    """Issue: 100 readings, then seq 0 again at 380 mmHg was dropped as a redelivery."""
+    c = fleet.lookup("t1", "c1")
+    for seq in range(100):
+        assert not c.is_duplicate(seq, 1_000_000 + seq * 100, 150.0, seq / 10)
+    assert not c.is_duplicate(0, restart_ts, 380.0, 1.0)
+    assert not c.is_duplicate(1, restart_ts + 100, 380.0, 1.1)
+    assert c.is_duplicate(1, restart_ts + 100, 380.0, 1.1)  # its own redelivery still drops
+
+
+def test_a_far_future_reading_does_not_poison_dedup(fleet: Fleet) -> None:
+    c = fleet.lookup("t1", "c1")
+    assert not c.is_duplicate(7, 253_402_300_799_999, 150.0, 1.0)
+    for seq in range(3):  # then a normal restart
+        assert not c.is_duplicate(seq, 1_000_000 + seq * 100, 150.0, 0.1 * seq)
 
 
 def test_assignment_changes_identity_and_params(fleet: Fleet) -> None:
@@ -101,38 +124,51 @@ def test_clock_skew_uses_receive_time(fleet: Fleet) -> None:
     assert (r.ts_ms, r.clock_skew_s) == (now - 3_000_000, None)  # within max_backlog_s
     ancient = ReadingIn(ts=now - 3_700_000, seq=3, pressure_mmhg=1.0, elapsed_s=0.0)
     r = fleet.to_reading(c, ancient, received_ms=now)
-    assert (r.ts_ms, r.clock_skew_s) == (now, -3700.0)
+    assert (r.ts_ms, r.clock_skew_s) == (now + 1, -3700.0)  # unique among flagged readings
     # an array of skewed readings arriving together still gets distinct timestamps
     times = [fleet.to_reading(c, ReadingIn(ts=now + 10**7, seq=4 + i, pressure_mmhg=1.0,
                                            elapsed_s=0.0), received_ms=now).ts_ms
              for i in range(5)]
-    assert times == [now + 1 + i for i in range(5)]
+    assert times == [now + 2 + i for i in range(5)]
 
 
 def test_dedup_wraps_at_2_32_and_accepts_out_of_order_new_readings(fleet: Fleet) -> None:
     c = fleet.lookup("t1", "c1")
     top = 2**32 - 2
-    assert not c.is_duplicate(top, 1_000)
-    assert not c.is_duplicate(top + 1, 1_001)
-    assert not c.is_duplicate(0, 1_002)  # wrapped
-    assert not c.is_duplicate(1, 1_003)
-    assert c.is_duplicate(top + 1, 1_001)  # a redelivery from before the wrap
-    assert c.is_duplicate(0, 1_002)
-    assert not c.is_duplicate(5, 1_007)  # a gap...
-    assert not c.is_duplicate(3, 1_005)  # ...filled late: new, not a duplicate
-    assert c.is_duplicate(3, 1_005)
+
+    def dup(seq: int, ts: int) -> bool:
+        return c.is_duplicate(seq, ts, 100.0, 0.0)
+
+    assert not dup(top, 1_000)
+    assert not dup(top + 1, 1_001)
+    assert not dup(0, 1_002)  # wrapped
+    assert not dup(1, 1_003)
+    assert dup(top + 1, 1_001)  # a redelivery from before the wrap
+    assert dup(0, 1_002)
+    assert not dup(5, 1_007)  # a gap...
+    assert not dup(3, 1_005)  # ...filled late: new, not a duplicate
+    assert dup(3, 1_005)
 
 
-@given(st.lists(st.tuples(st.integers(0, 300), st.booleans()), max_size=200))
-def test_dedup_matches_a_reference_within_the_window(events: list[tuple[int, bool]]) -> None:
-    """Readings of a cuff whose device time rises with seq; some are redelivered later."""
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 2), st.sampled_from([150.0, 380.0])),
+        max_size=200,
+    )
+)
+def test_dedup_matches_a_reference_within_the_window(
+    events: list[tuple[int, int, float]],
+) -> None:
+    """Readings of a cuff that restarts (boots 0-2 reuse seqs with another clock); a reading
+    is a duplicate exactly when the same (seq, device time, values) was the last one seen
+    with that seq."""
     s = load_settings(teams={"t1": {"cuffs": {"c1": {"limb": "left_arm"}}}})
     c = Fleet(s).lookup("t1", "c1")
-    seen: set[int] = set()
-    for seq, _ in events:
-        ts = 1_000_000 + seq * 100  # one device clock: a seq always has the same time
-        assert c.is_duplicate(seq, ts) == (seq in seen)
-        seen.add(seq)
+    last: dict[int, tuple[int, float]] = {}
+    for seq, boot, pressure in events:
+        ts = 1_000_000 * boot + seq * 100  # each boot's clock gives a seq its own time
+        assert c.is_duplicate(seq, ts, pressure, 1.0) == (last.get(seq) == (ts, pressure))
+        last[seq] = (ts, pressure)
 
 
 def test_parse_memo_is_bounded_and_keeps_rejecting_bad_names() -> None:

@@ -33,11 +33,11 @@ class RollingMean:
         self._anchor_ms = None
         self._last_ms = None
 
-    def add(self, ts_ms: int, value: float) -> float | None:
+    def add(self, ts_ms: int, value: float, hold_ms: float = 0.0) -> float | None:
         """Add a sample (`ts_ms` must not go backwards: callers clamp it); return `mean()`."""
         last = self._last_ms
-        if last is not None and ts_ms - last > self.window_ms:
-            self.reset()  # a gap longer than the window: start over
+        if last is not None and ts_ms - last > self.window_ms and ts_ms - last > hold_ms:
+            self.reset()  # a gap longer than the window and the cuff's cadence: start over
         anchor = self._anchor_ms
         if anchor is None:
             anchor = self._anchor_ms = ts_ms
