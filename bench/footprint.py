@@ -2,9 +2,9 @@
 
 RSS: `cuffwatch simulate --cuffs 1000 --teams 2` (realistic sessions, 1 Hz per cuff, pooled
 connections) feeds a gateway whose roster is the same generated squad; psutil samples the
-gateway's RSS every half second. A short run cannot fill the per-cuff dedup windows
-(`gateway.state.DEDUP_WINDOW` readings, 34 min at 1 Hz), so their full size is measured
-in-process with tracemalloc and added as a projection.
+gateway's RSS every half second. Each cuff's dedup slots (`gateway.state.DEDUP_SLOTS`
+fingerprints) are allocated whole at its first reading; their size is measured in-process
+with tracemalloc and added as a projection for cuffs the run has not heard from yet.
 
 Start-up: from spawning `cuffwatch run -c FILE` (the console script, no shim) to the first
 `/readyz` answering 200, polled every 5 ms; broker and InfluxDB already up.
@@ -36,15 +36,15 @@ MIB = 1 << 20  # figures in MiB, printed as "MB" like the target
 def dedup_bytes_per_cuff() -> int:
     """Heap bytes one cuff's full dedup window holds (tracemalloc, realistic keys)."""
     from gateway.model import Limb
-    from gateway.state import DEDUP_WINDOW, CuffState
+    from gateway.state import DEDUP_SLOTS, CuffState
 
     base_ts = int(time.time() * 1000)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         state = CuffState("t1", "c001", "a-001", Limb.LEFT_LEG)
-        for i in range(DEDUP_WINDOW + 10):
-            state.is_duplicate(100_000 + i, base_ts + i * 1000)
+        for i in range(DEDUP_SLOTS + 10):
+            state.is_duplicate(100_000 + i, base_ts + i * 1000, 150.0, float(i))
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -79,9 +79,9 @@ def rss(srv: Servers, *, cuffs: int, seconds: float, fixes: tuple[str, ...] = ()
     values = [v for _, v in samples]
     steady = values[len(values) * 2 // 3 :] or values
     per_cuff = dedup_bytes_per_cuff()
-    from gateway.state import DEDUP_WINDOW
+    from gateway.state import DEDUP_SLOTS
 
-    filled = min(1.0, (accepted / max(cuffs, 1)) / DEDUP_WINDOW)
+    filled = min(1.0, accepted / max(cuffs, 1))  # a cuff's slots exist from its first reading
     projected = max(values) + cuffs * per_cuff * (1 - filled)
     return {
         "cuffs": cuffs,
@@ -90,7 +90,7 @@ def rss(srv: Servers, *, cuffs: int, seconds: float, fixes: tuple[str, ...] = ()
         "start_mb": round(start_rss / MIB, 1),
         "peak_mb": round(max(values) / MIB, 1),
         "steady_mb": round(statistics.median(steady) / MIB, 1),
-        "dedup_window_readings": DEDUP_WINDOW,
+        "dedup_window_readings": DEDUP_SLOTS,
         "dedup_full_kib_per_cuff": round(per_cuff / 1024, 1),
         "projected_mb_dedup_full": round(projected / MIB, 1),
         "samples": len(values),
