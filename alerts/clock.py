@@ -54,7 +54,7 @@ class DeviceClock:
 
     __slots__ = (
         "_last_received", "_last_rule", "_last_step", "_last_ts", "_live_lag", "_offset",
-        "_ref_received", "_ref_rule", "age_ms", "cadence_ms", "hold_ms", "jumps",
+        "_ref_received", "_ref_rule", "age_ms", "cadence_ms", "hold_ms",
     )
 
     def __init__(self) -> None:
@@ -71,7 +71,6 @@ class DeviceClock:
         self._ref_received = 0  # the pace check's reference reading
         self._ref_rule = 0
         self.age_ms = 0  # how far behind now the last observed reading is
-        self.jumps = 0  # device clock steps re-anchored
 
     def observe(self, ts_ms: int, received_ms: int) -> int:
         """Fold in one reading (device time, gateway receive time); return its rule time."""
@@ -115,7 +114,6 @@ class DeviceClock:
                         s if cadence is None else cadence + (s - cadence) / CADENCE_SMOOTHING
                     )
             else:  # the device clock jumped: move as the gateway's clock did, or by a cadence
-                self.jumps += 1
                 moved = waited if waited > 0 else (cadence or 0.0)
                 rule = last_rule + round(moved)
                 self._offset = rule - ts_ms

@@ -317,11 +317,13 @@ class Gateway:
             return None
         if parsed.kind is not TopicKind.TELEMETRY:
             return self._on_message_slow(parsed, payload, retain)
+        if retain:
+            # a retained reading outlives its moment: the broker hands it to every new
+            # subscription, hours later. Its data came live when it was published.
+            self._reject(Rejection(parsed.team, parsed.cuff, RejectReason.RETAINED,
+                                   RETAINED_TELEMETRY, payload))
+            return None
         try:
-            if retain:
-                # a retained reading outlives its moment: the broker hands it to every new
-                # subscription, hours later. Its data came live when it was published.
-                raise Rejected(RejectReason.RETAINED, RETAINED_TELEMETRY)  # noqa: TRY301
             self._stage_telemetry(parsed.team, parsed.cuff, payload)
         except Rejected as rej:
             self._reject(Rejection(parsed.team, parsed.cuff, rej.reason, rej.detail, payload))
