@@ -46,7 +46,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway alerts ingest dashboards tests bench
+	$(BIN)/mypy core alerts ingest gateway dashboards sim ops tests bench
 
 bench: venv
 	scripts/ensure-services

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from alerts.model import AlertState, Change, Transition
-from gateway.model import Severity
+from core.model import Severity
 
 __all__ = ["ConsoleNotifier", "format_transition"]
 

@@ -34,9 +34,9 @@ from ulid import LaxMonotonicPolicy, ULIDGenerator
 
 from alerts import rules
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
-from alerts.params import RuleParams
 from alerts.rules import CLEAR, CuffEvidence, Evidence, Judgement, Row, Verdict
-from gateway.model import Limb, Reading, Severity
+from core.model import Limb, Reading, Severity
+from core.params import RuleParams
 
 __all__ = ["NOTHING", "AlertEngine", "Outcome", "ulid_factory"]
 

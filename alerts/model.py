@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.model import Severity
+from core.model import Severity
 
 
 class AlertKind(enum.StrEnum):

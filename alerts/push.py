@@ -61,10 +61,10 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import apprise
 
 from alerts.model import AlertState, Change, Transition, iso_ms
-from gateway.model import Severity
+from core.model import Severity
 
-if TYPE_CHECKING:  # alerts/ imports gateway.model only at run time (docs/architecture.md)
-    from gateway.config import Settings
+if TYPE_CHECKING:  # alerts/ imports core.model only at run time (docs/architecture.md)
+    from core.config import Settings
 
 __all__ = [
     "ATTEMPT_TIMEOUT_S",

@@ -15,7 +15,9 @@ from typing import Final, NamedTuple
 
 from alerts.clock import DeviceClock
 from alerts.model import AlertKind, BoutSummary
-from alerts.params import (
+from alerts.window import OcclusionWindow, PairedMeans
+from core.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Protocol, Reading, Severity
+from core.params import (
     BATTERY_LOW_PCT,
     BATTERY_OK_PCT,
     HARD_WINDOW_S,
@@ -26,8 +28,6 @@ from alerts.params import (
     UNDER_PRESSURE_AFTER_S,
     RuleParams,
 )
-from alerts.window import OcclusionWindow, PairedMeans
-from gateway.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Protocol, Reading, Severity
 
 SEQ_MODULUS: Final = 1 << 32  # seq wraps at 2^32 (SPEC §2)
 SEQ_HALF: Final = 1 << 31  # serial-number arithmetic (RFC 1982): a step of ≥ 2^31 is a step back

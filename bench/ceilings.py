@@ -61,7 +61,7 @@ def broker(srv: Servers, *, messages: int, batch: int, cuffs: int) -> dict[str, 
 
 def telemetry_lines(count: int, cuffs: int) -> list[bytes]:
     """`count` cuff_telemetry lines exactly as the gateway writes them, 1 Hz per cuff."""
-    from gateway.model import Limb, Reading
+    from core.model import Limb, Reading
     from ingest.lineproto import telemetry_line
 
     squad = load_cuffs(cuffs)

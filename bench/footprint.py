@@ -35,7 +35,7 @@ MIB = 1 << 20  # figures in MiB, printed as "MB" like the target
 
 def dedup_bytes_per_cuff() -> int:
     """Heap bytes one cuff's full dedup window holds (tracemalloc, realistic keys)."""
-    from gateway.model import Limb
+    from core.model import Limb
     from gateway.state import DEDUP_SLOTS, CuffState
 
     base_ts = int(time.time() * 1000)

@@ -1,7 +1,7 @@
 """`python -m bench.gateway_shim FIXES ARGS`: run `cuffwatch` with named hot-path fixes applied.
 
 FIXES is a comma-separated list of names from `FIXES` (or `-` for none); ARGS go to
-`gateway.cli.main` unchanged. The benchmarks use this to measure a proposed change
+`ops.cli.main` unchanged. The benchmarks use this to measure a proposed change
 (A/B in one run) before it lands in gateway/ or ingest/, and to keep measuring while a
 known bug would otherwise stall the gateway. Each fix is the exact change proposed to
 the lead; once it has landed, `needed()` says so and the benchmark stops applying it.
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     names = [n for n in argv[0].split(",") if n and n != "-"]
     for name in names:
         FIXES[name][1]()
-    from gateway.cli import main as cli_main
+    from ops.cli import main as cli_main
 
     return cli_main(argv[1:])
 

@@ -88,7 +88,7 @@ def machine_info() -> dict[str, Any]:
 
 def load_cuffs(n: int) -> list[Cuff]:
     """`n` load cuffs over LOAD_TEAMS (first half t1, second t2) with prescribed targets."""
-    from gateway.simulate import generated_squad
+    from sim.simulate import generated_squad
 
     squad = generated_squad(n, teams=len(LOAD_TEAMS))
     return [Cuff(s.team, s.cuff, s.target_mmhg) for s in squad]
@@ -101,7 +101,7 @@ def latency_cuffs(n: int) -> list[str]:
 
 def roster(n_load: int, n_latency: int) -> dict[str, Any]:
     """SPEC §7 teams: `simulate --cuffs n --teams 2`'s squad, plus left-leg latency cuffs."""
-    from gateway.simulate import generated_roster
+    from sim.simulate import generated_roster
 
     teams = generated_roster(n_load, teams=len(LOAD_TEAMS))
     if n_latency:
@@ -194,9 +194,9 @@ def gateway_config(
 
 
 def cuffwatch_command() -> list[str]:
-    """The venv's `cuffwatch` console script, or `python -m gateway.cli`."""
+    """The venv's `cuffwatch` console script, or `python -m ops.cli`."""
     script = Path(sys.executable).parent / "cuffwatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ops.cli"]
 
 
 def http_get(url: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:

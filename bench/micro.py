@@ -50,7 +50,7 @@ def decode() -> dict[str, Any]:
 
 def lineproto() -> dict[str, Any]:
     """`telemetry_line` per reading (the tag prefix is cached)."""
-    from gateway.model import Limb, Reading
+    from core.model import Limb, Reading
     from ingest.lineproto import telemetry_line
 
     r = Reading("t1", "c001", "a-001", Limb.LEFT_LEG, 1, 2, 180.0, 3.0, True, 180.0, 90.0,
@@ -63,7 +63,7 @@ def gzip_batch() -> dict[str, Any]:
     import gzip
 
     from bench.mqttpub import CYCLE_READINGS, SWING
-    from gateway.model import Limb, Reading
+    from core.model import Limb, Reading
     from ingest.lineproto import telemetry_line
     from ingest.sinks import GZIP_LEVEL
 

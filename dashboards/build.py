@@ -24,6 +24,7 @@ from grafana_foundation_sdk.builders import dashboard as dash_builders
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dash
 
+from core.config import AlertSettings, Settings, load_settings
 from dashboards.influxql import (
     DATASOURCE_UID,
     InfluxQL,
@@ -31,7 +32,6 @@ from dashboards.influxql import (
     dump_dashboard,
     load_dashboard,
 )
-from gateway.config import AlertSettings, Settings, load_settings
 
 __all__ = [
     "DashboardFile",

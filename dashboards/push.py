@@ -18,8 +18,8 @@ from typing import Any
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
+from core.config import Settings
 from dashboards.build import DashboardFile, dashboard_files
-from gateway.config import Settings
 
 __all__ = ["PushError", "PushResult", "push", "push_command"]
 

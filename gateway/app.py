@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from alerts.engine import NOTHING, AlertEngine, Outcome
 from alerts.model import Alert, AlertKind, AlertState, Transition
-from gateway.config import Assignment, Settings
+from core.config import Assignment, Settings
+from core.model import CuffPhase, Reading
+from core.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from gateway.decode import (
     Rejected,
     Rejection,
@@ -31,10 +33,8 @@ from gateway.decode import (
     decode_status,
 )
 from gateway.health import Counters, GatewayCollector, HealthServer
-from gateway.model import CuffPhase, Reading
 from gateway.mqtt import STAGED, FastResult, MqttError, MqttLink, Staged, make_ssl_context
 from gateway.state import CuffState, Fleet
-from gateway.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline, PipelineState
 from ingest.sinks import Sink, make_sink

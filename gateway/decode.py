@@ -34,7 +34,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from gateway.model import Limb
+from core.model import Limb
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # SPEC §2: larger messages are rejected unread
 MAX_READINGS_PER_MESSAGE = 256

@@ -5,10 +5,10 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from alerts.params import RuleParams
-from gateway.config import Assignment, Settings
+from core.config import Assignment, Settings
+from core.model import CuffPhase, Limb, Reading
+from core.params import RuleParams
 from gateway.decode import RawReading, Rejected, RejectReason
-from gateway.model import CuffPhase, Limb, Reading
 
 # Duplicates are (cuff, seq, device time) repeats (SPEC §4): a QoS 1 redelivery repeats the
 # whole message. Each cuff keeps, per seq modulo DEDUP_SLOTS, a 64-bit fingerprint of the

@@ -24,7 +24,7 @@ from functools import lru_cache
 from math import isfinite
 
 from alerts.model import BoutSummary, Transition
-from gateway.model import Reading
+from core.model import Reading
 
 __all__ = [
     "FieldValue",

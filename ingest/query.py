@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     # pandas ships no type information; pandas-stubs may or may not be installed.
     import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
-    from gateway.config import Settings
+    from core.config import Settings
 
 __all__ = [
     "DEFAULT_SINCE",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 
 if TYPE_CHECKING:  # ingest imports only the model modules at run time (docs/architecture.md)
-    from gateway.config import InfluxSettings
+    from core.config import InfluxSettings
 
 __all__ = [
     "FileSink",

@@ -20,8 +20,8 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from servers import dump_toml
 
+from core.config import Settings, load_settings
 from gateway.app import Gateway
-from gateway.config import Settings, load_settings
 
 WAIT_TIMEOUT_S = 20.0  # generous: a loaded 2-core CI box; waits return as soon as true
 
@@ -146,7 +146,7 @@ class GatewayProcess:
     async def start(self) -> GatewayProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "ops.cli", "run", "-c", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
         )
         log.close()

@@ -13,7 +13,6 @@ from test_alert_support import Rig, arm_params, leg_params
 from window_model import RollingMean
 
 from alerts.model import AlertKind, AlertState, Change, Transition
-from alerts.params import RuleParams
 from alerts.window import (
     COMPACT_AFTER,
     MAX_WINDOW_SAMPLES,
@@ -21,7 +20,8 @@ from alerts.window import (
     OcclusionWindow,
     PairedMeans,
 )
-from gateway.model import Severity
+from core.model import Severity
+from core.params import RuleParams
 
 REP_AMPLITUDE_MMHG = 25.0  # the brief's rep swing: target ± 25 mmHg
 MAX_NOISE_SD_MMHG = 3.0  # sensor + regulation noise of a real cuff: a few mmHg

@@ -10,9 +10,9 @@ from window_model import RollingMean
 
 from alerts.engine import NOTHING, AlertEngine, ulid_factory
 from alerts.model import Alert, AlertKind, AlertState, Change, Transition
-from alerts.params import RuleParams
 from alerts.window import OcclusionWindow
-from gateway.model import Severity
+from core.model import Severity
+from core.params import RuleParams
 
 OP = AlertKind.OVER_PRESSURE
 UP = AlertKind.UNDER_PRESSURE

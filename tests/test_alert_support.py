@@ -10,8 +10,8 @@ from typing import Any
 
 from alerts.engine import AlertEngine, Outcome
 from alerts.model import AlertKind, BoutSummary, Change, Transition
-from alerts.params import RuleParams
-from gateway.model import Limb, Protocol, Reading
+from core.model import Limb, Protocol, Reading
+from core.params import RuleParams
 
 T0 = 1_900_000_000.0  # the fake clock's start, epoch seconds (2030): far from any real now
 

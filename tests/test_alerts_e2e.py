@@ -39,7 +39,7 @@ from receivers import (
 from servers import InfluxDB1Server, MosquittoServer, free_port
 
 from alerts.push import PushDispatcher, routes_from_settings
-from gateway.config import Settings
+from core.config import Settings
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 ISO_MS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -23,8 +23,9 @@ from gmqtt.mqtt.handler import MQTTConnectError
 from pki import Pki, make_pki
 from servers import MosquittoServer, find_binary
 
-from gateway import brokerauth
-from gateway.brokerauth import (
+from core.config import Settings, load_settings
+from ops import brokerauth
+from ops.brokerauth import (
     BrokerAuthError,
     BrokerFiles,
     hash_password,
@@ -35,7 +36,6 @@ from gateway.brokerauth import (
     verify_password,
     write_broker_files,
 )
-from gateway.config import Settings, load_settings
 
 NOT_AUTHORIZED = 0x87  # MQTT 5 reason code in a PUBACK / CONNACK for an ACL or auth denial
 # Success reason codes of a QoS 1 PUBACK: 0x00, or 0x10 "no matching subscribers".

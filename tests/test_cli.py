@@ -1,5 +1,5 @@
 """`cuffwatch` as users run it (SPEC §8): help, check, assign, ack, simulate and run, each as
-a real child process (`python -m gateway.cli`) against the session's Mosquitto and InfluxDB.
+a real child process (`python -m ops.cli`) against the session's Mosquitto and InfluxDB.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def cli(*args: str, env: dict[str, str] | None = None,
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")}
     try:
         return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, capture_output=True,
+            [sys.executable, "-m", "ops.cli", *args], cwd=REPO, capture_output=True,
             text=True, env=clean | (env or {}), timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired as exc:

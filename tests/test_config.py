@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, IpcLimits, LimbLimits, load_settings
-from gateway.model import Limb, Protocol
+from core.config import ConfigError, IpcLimits, LimbLimits, load_settings
+from core.model import Limb, Protocol
 
 TOML = """
 instance = "gw-7"
@@ -85,7 +85,7 @@ def test_ipc_profile_replaces_limb_limits(config_file: Path) -> None:
 
 
 def test_assignment_overrides_prescription(config_file: Path) -> None:
-    from gateway.config import Assignment
+    from core.config import Assignment
 
     s = load_settings(config_file)
     a = Assignment.model_validate_json(

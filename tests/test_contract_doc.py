@@ -31,12 +31,12 @@ from pydantic.fields import FieldInfo
 
 from alerts import clock, rules
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
+from core.config import AlertSettings, Assignment, Settings
+from core.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Limb, Reading, Severity
 from gateway import state
-from gateway.cli import build_parser
-from gateway.config import AlertSettings, Assignment, Settings
 from gateway.decode import MAX_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE, ReadingIn, RejectReason
-from gateway.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Limb, Reading, Severity
 from ingest import lineproto
+from ops.cli import build_parser
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "contract.md"
 DOC_NAME = "docs/contract.md"
@@ -238,7 +238,7 @@ def test_alert_table_severities_are_the_rules(doc: str) -> None:
 def test_every_documented_config_key_exists_in_settings(doc: str) -> None:
     extra = {written for key, (written, _) in doc_config(doc).items() if key not in CODE_KEYS}
     assert not extra, (
-        f"{DOC_NAME} lists configuration keys that gateway.config's Settings models lack: "
+        f"{DOC_NAME} lists configuration keys that core.config's Settings models lack: "
         f"{sorted(extra)} (keys that are not built belong in 'Not yet built', not in a table)"
     )
 
@@ -247,7 +247,7 @@ def test_every_settings_field_is_documented(doc: str) -> None:
     listed = doc_config(doc)
     absent = {key for key in CODE_KEYS if key not in listed}
     assert not absent, missing(
-        "configuration keys of gateway.config",
+        "configuration keys of core.config",
         absent,
         f"the 'Configuration keys' tables of {DOC_NAME} ({WILD} = any <placeholder>)",
     )
@@ -281,7 +281,7 @@ def test_documented_defaults_equal_the_code_defaults(doc: str) -> None:
         actual = comparable(info.get_default(call_default_factory=True))
         if stated is _UNSET or not same_default(stated, actual):
             wrong.append(f"`{written}`: doc says {cells[1]}, code default is {actual!r}")
-    assert not wrong, f"{DOC_NAME} defaults differ from gateway.config:\n" + "\n".join(wrong)
+    assert not wrong, f"{DOC_NAME} defaults differ from core.config:\n" + "\n".join(wrong)
 
 
 def test_alert_defaults_equal_alert_settings(doc: str) -> None:
@@ -321,7 +321,7 @@ def test_rejection_table_lists_exactly_the_reject_reasons(doc: str) -> None:
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert len(subs) == 1, "gateway.cli.build_parser: expected one set of subcommands"
+    assert len(subs) == 1, "ops.cli.build_parser: expected one set of subcommands"
     choices: dict[str, argparse.ArgumentParser] = subs[0].choices
     return choices
 
@@ -342,7 +342,7 @@ def _doc_commands(doc: str) -> dict[str, list[str]]:
 def test_command_table_lists_exactly_the_subcommands(doc: str) -> None:
     listed = set(_doc_commands(doc))
     code = set(_subcommands())
-    assert_same(listed, code, table="Command line", source="gateway.cli subcommands")
+    assert_same(listed, code, table="Command line", source="ops.cli subcommands")
 
 
 def test_command_options_match_the_parser(doc: str) -> None:
@@ -371,7 +371,7 @@ def test_command_options_match_the_parser(doc: str) -> None:
                 absent = {str(c) for c in action.choices} - spans
                 if absent:
                     problems.append(f"`cuffwatch {name}`: choices {sorted(absent)} not listed")
-    assert not problems, f"{DOC_NAME} 'Command line' vs gateway.cli:\n" + "\n".join(problems)
+    assert not problems, f"{DOC_NAME} 'Command line' vs ops.cli:\n" + "\n".join(problems)
 
 
 def test_global_options_are_documented(doc: str) -> None:
@@ -409,7 +409,7 @@ def test_assignment_table_and_example_match_the_model(doc: str) -> None:
     code = set(Assignment.model_fields)
     assert listed == code, (
         f"{DOC_NAME} assignment table: extra {sorted(listed - code)}, "
-        f"missing {sorted(code - listed)} (gateway.config.Assignment)"
+        f"missing {sorted(code - listed)} (core.config.Assignment)"
     )
     (example,) = json_blocks(text)
     Assignment.model_validate(example)  # the example is a valid assignment

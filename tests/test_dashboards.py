@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import InfluxDB1Server
 
+from core.config import ID_PATTERN, Settings, load_settings
 from dashboards.build import (
     DashboardFile,
     build,
@@ -39,9 +40,8 @@ from dashboards.influxql import (
     load_dashboard,
 )
 from dashboards.push import PushError, push, push_command
-from gateway.cli import build_parser
-from gateway.config import ID_PATTERN, Settings, load_settings
 from ingest.lineproto import line
+from ops.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "dashboards" / "example.toml"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.model import Limb
 from gateway.decode import (
     MAX_PAYLOAD_BYTES,
     Rejected,
@@ -19,7 +20,6 @@ from gateway.decode import (
     decode_status,
     echo_payload,
 )
-from gateway.model import Limb
 
 GOOD = {"ts": 1_795_000_000_000, "seq": 7, "pressure_mmhg": 132.5, "elapsed_s": 12.0}
 

@@ -30,7 +30,7 @@ LOG_PROBLEM = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (WARNING|ERROR|CRITICAL) .*$
 
 
 def demo_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.cli", "demo", *args]
+    return [sys.executable, "-m", "ops.cli", "demo", *args]
 
 
 def tables(stdout: str) -> list[list[list[str]]]:

@@ -26,9 +26,9 @@ from pki import Pki, make_pki
 from servers import MosquittoServer
 from test_brokerauth import connected, refused
 
-from gateway import brokerauth
-from gateway.brokerauth import BrokerFiles, load_credentials, write_broker_files
-from gateway.config import HealthSettings, Settings, load_settings
+from core.config import HealthSettings, Settings, load_settings
+from ops import brokerauth
+from ops.brokerauth import BrokerFiles, load_credentials, write_broker_files
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -27,8 +27,8 @@ from servers import InfluxDB1Server, MosquittoServer
 from alerts.engine import ulid_factory
 from alerts.model import Alert, AlertKind, AlertState
 from alerts.push import PushDispatcher, routes_from_settings
-from gateway.config import Settings
-from gateway.model import Severity
+from core.config import Settings
+from core.model import Severity
 
 # Timers the tests do not exercise stay far beyond a test's length (as in test_alerts_e2e).
 QUIET: dict[str, Any] = {"stale_after_s": 120, "escalate_after_s": 120, "ack_silence_s": 120}

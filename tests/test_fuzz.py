@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from servers import InfluxDB1Server, MosquittoServer
 
 from alerts.model import Alert, Change, Transition
-from gateway.config import Settings, load_settings
+from core.config import Settings, load_settings
+from core.model import Limb
 from gateway.decode import (
     MAX_READINGS_PER_MESSAGE,
     REJECTED_ECHO_BYTES,
@@ -45,7 +46,6 @@ from gateway.decode import (
     decode_status,
     echo_payload,
 )
-from gateway.model import Limb
 from gateway.state import Fleet
 from ingest import lineproto
 

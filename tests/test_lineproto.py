@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from servers import InfluxDB1Server
 
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
-from gateway.model import Limb, Reading, Severity
+from core.model import Limb, Reading, Severity
 from ingest import lineproto
 
 # -- a reference parser with InfluxDB 1.x's semantics -----------------------------------------

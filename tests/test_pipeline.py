@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from servers import InfluxDB1Server, free_port
 
-from gateway.model import Limb, Reading
+from core.model import Limb, Reading
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline, PipelineState
 from ingest.sinks import FileSink, InfluxV1Sink, Sink

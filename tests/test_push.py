@@ -36,8 +36,8 @@ from alerts.push import (
     route_label,
     routes_from_settings,
 )
-from gateway.config import load_settings
-from gateway.model import Severity
+from core.config import load_settings
+from core.model import Severity
 
 WAIT_S = 10.0  # upper bound for "eventually"; every wait here normally ends in milliseconds
 # Retries fast enough for a test, same code path as production.

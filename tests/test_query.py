@@ -20,8 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from servers import InfluxDB1Server, free_port
 
-from gateway.cli import build_parser
-from gateway.config import Settings, load_settings
+from core.config import Settings, load_settings
 from ingest.lineproto import line
 from ingest.query import (
     InfluxQLClient,
@@ -36,6 +35,7 @@ from ingest.query import (
     telemetry,
     time_bounds,
 )
+from ops.cli import build_parser
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "analysts.md"
 

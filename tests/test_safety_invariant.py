@@ -26,9 +26,9 @@ from test_alert_support import FakeClock
 
 from alerts.engine import AlertEngine
 from alerts.model import AlertKind, AlertState, Transition
-from gateway.config import Settings, load_settings
+from core.config import Settings, load_settings
+from core.model import Limb, Severity
 from gateway.decode import decode_readings
-from gateway.model import Limb, Severity
 from gateway.state import Fleet
 
 T0_MS = 1_900_000_000_000  # true time of a history's start (2030)

@@ -57,7 +57,7 @@ def _toml(*, instance: str, broker_url: str, topic_root: str, spool: Path, healt
 
 
 class GatewayProc:
-    """`python -m gateway.cli run -c FILE` with its own instance, client id and spool."""
+    """`python -m ops.cli run -c FILE` with its own instance, client id and spool."""
 
     def __init__(self, tmp: Path, name: str, toml: str, health_port: int) -> None:
         self.config = tmp / f"{name}.toml"
@@ -66,7 +66,7 @@ class GatewayProc:
         self.log = (tmp / f"{name}.log").open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "ops.cli", "run", "-c", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
 

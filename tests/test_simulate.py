@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import MosquittoServer
 
-from gateway.config import load_settings
+from core.config import load_settings
+from core.model import PLAUSIBLE_MIN_MMHG, Limb, Protocol
 from gateway.decode import decode_readings, decode_status
-from gateway.model import PLAUSIBLE_MIN_MMHG, Limb, Protocol
-from gateway.simulate import (
+from sim.simulate import (
     LOW_BATTERY_PCT,
     MAX_BATCH,
     RAMP_S,

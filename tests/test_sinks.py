@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from servers import InfluxDB1Server, VictoriaMetricsServer, find_binary, free_port
 
-from gateway.config import InfluxSettings
-from gateway.model import Limb, Reading
+from core.config import InfluxSettings
+from core.model import Limb, Reading
 from ingest import lineproto
 from ingest.sinks import (
     FileSink,

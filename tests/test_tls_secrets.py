@@ -46,8 +46,8 @@ from servers import (
     http_request,
 )
 
+from core.config import Settings, load_settings
 from gateway.app import Gateway
-from gateway.config import Settings, load_settings
 
 REPO = Path(__file__).parent.parent
 TEAMS: dict[str, Any] = {
@@ -324,7 +324,7 @@ async def test_server_certificate_from_an_unknown_ca_is_refused(
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "ops.cli", *args], cwd=REPO, capture_output=True, text=True,
         timeout=CHECK_TIMEOUT_S, check=False, env={**os.environ, **(env or {})},
     )
 
@@ -446,7 +446,7 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
     now = int(time.time() * 1000)
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "-v", "run", "-c", str(config),
+            sys.executable, "-m", "ops.cli", "-v", "run", "-c", str(config),
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:

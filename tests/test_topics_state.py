@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import Assignment, load_settings
+from core.config import Assignment, load_settings
+from core.model import Limb
+from core.topics import BadTopic, TopicKind, Topics
 from gateway.decode import ReadingIn, Rejected, RejectReason
-from gateway.model import Limb
 from gateway.state import DEDUP_SLOTS, Fleet
-from gateway.topics import BadTopic, TopicKind, Topics
 
 
 def test_parse_topics() -> None:
@@ -172,7 +172,7 @@ def test_dedup_matches_a_reference_within_the_window(
 
 
 def test_parse_memo_is_bounded_and_keeps_rejecting_bad_names() -> None:
-    from gateway import topics as topics_mod
+    from core import topics as topics_mod
 
     t = Topics("bfr")
     first = t.parse("bfr/t1/cuffs/c7/telemetry")

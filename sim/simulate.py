@@ -46,10 +46,10 @@ import gmqtt
 from gmqtt import MQTTConnectError
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
-from gateway.config import ID_PATTERN, BrokerSettings, Settings
-from gateway.model import Limb, Protocol
+from core.config import ID_PATTERN, BrokerSettings, Settings
+from core.model import Limb, Protocol
+from core.topics import Topics
 from gateway.mqtt import backoff_delays, make_ssl_context
-from gateway.topics import Topics
 
 __all__ = [
     "CuffSpec",

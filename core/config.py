@@ -25,8 +25,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from alerts.params import RuleParams
-from gateway.model import Limb, Protocol, Severity
+from core.model import Limb, Protocol, Severity
+from core.params import RuleParams
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_RE = re.compile(ID_PATTERN)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -27,10 +26,10 @@ from rich.text import Text
 
 from alerts.console import ConsoleNotifier, format_transition
 from alerts.model import Transition
-from gateway import simulate
+from core.config import Settings, load_settings
+from core.model import CuffPhase, Severity
 from gateway.app import Gateway
-from gateway.config import Settings, load_settings
-from gateway.model import CuffPhase, Severity
+from sim import simulate
 
 log = logging.getLogger("cuffwatch.demo")
 
@@ -236,9 +235,3 @@ def run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    from gateway.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import Settings
+from core.config import Settings
 from gateway.mqtt import MqttError, MqttLink, make_ssl_context
 
 

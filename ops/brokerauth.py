@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.config import Settings
-from gateway.topics import Topics
+from core.config import Settings
+from core.topics import Topics
 
 __all__ = [
     "DEFAULT_GATEWAY_USER",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.model import Limb, Protocol
+from core.model import Limb, Protocol
 
 # Rolling-mean windows and delays the rules use (SPEC §3, after surgical tourniquet practice).
 HARD_WINDOW_S = 5.0  # a reading ≥ the hard ceiling keeps over_pressure critical this long

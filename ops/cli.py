@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("cuffwatch")
 
@@ -147,8 +147,8 @@ def _publish(
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    from gateway.config import Assignment
-    from gateway.topics import Topics
+    from core.config import Assignment
+    from core.topics import Topics
 
     settings = _settings(args)
     topic = Topics(settings.topic_root).assignment(args.team, args.cuff)
@@ -176,7 +176,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    from gateway.topics import Topics
+    from core.topics import Topics
 
     settings = _settings(args)
     topic = Topics(settings.topic_root).ack(args.team, args.cuff, args.kind)
@@ -191,7 +191,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.check import run_checks
+    from ops.check import run_checks
 
     try:
         settings = load_settings(args.config)
@@ -207,13 +207,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from sim.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway import simulate
+    from sim import simulate
 
     settings = _settings(args)
     try:
@@ -269,7 +269,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_auth(args: argparse.Namespace) -> int:
-    from gateway import brokerauth
+    from ops import brokerauth
 
     return brokerauth.run_command(args, _settings(args))
 
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = add("simulate", "a virtual squad of cuffs against any broker")
-    from gateway import simulate
+    from sim import simulate
 
     simulate.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = add("broker-auth", "write Mosquitto password and ACL files from the roster")
-    from gateway import brokerauth
+    from ops import brokerauth
 
     brokerauth.add_arguments(p)
     p.set_defaults(func=cmd_broker_auth)

@@ -1,0 +1,1 @@
+"""cuffwatch operations tools: the command line, the installation check, broker ACL generation."""
