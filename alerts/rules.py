@@ -28,9 +28,8 @@ from core.params import (
     UNDER_PRESSURE_AFTER_S,
     RuleParams,
 )
+from core.seq import seq_went_back
 
-SEQ_MODULUS: Final = 1 << 32  # seq wraps at 2^32 (SPEC §2)
-SEQ_HALF: Final = 1 << 31  # serial-number arithmetic (RFC 1982): a step of ≥ 2^31 is a step back
 # elapsed_s restarting inside a bout means a new bout (we missed the deflation) when the new
 # start lies after our last reading; this much slack absorbs device clock jitter and
 # whole-second elapsed counters. A restart reaching further back is a sensor fault.
@@ -261,7 +260,7 @@ class CuffEvidence:
             self.limb = limb.value
         self.fault_now = False
         last_seq = self.last_seq
-        seq_back = last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF
+        seq_back = last_seq is not None and seq_went_back(seq, last_seq)
         self.last_seq = seq
         plausible = PLAUSIBLE_MIN_MMHG <= x <= PLAUSIBLE_MAX_MMHG
         if not plausible:

@@ -35,11 +35,11 @@ from pydantic import (
 )
 
 from core.model import Limb
+from core.seq import SEQ_MODULUS
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # SPEC §2: larger messages are rejected unread
 MAX_READINGS_PER_MESSAGE = 256
 REJECTED_ECHO_BYTES = 1024  # the rejected topic echoes at most 1 KiB of the payload
-SEQ_MODULUS = 1 << 32
 # 9999-12-31T23:59:59.999Z: an int `ts` spans what an RFC 3339 one can, and no int arithmetic
 # on it (skew, lag) can leave int64 or overflow a float
 MAX_TS_MS = 253_402_300_799_999
