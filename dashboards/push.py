@@ -19,7 +19,7 @@ from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
 from core.config import Settings
-from dashboards.build import DashboardFile, dashboard_files
+from dashboards.catalog import DashboardFile, dashboard_files
 
 __all__ = ["PushError", "PushResult", "push", "push_command"]
 
