@@ -33,8 +33,9 @@ from typing import Final
 from ulid import LaxMonotonicPolicy, ULIDGenerator
 
 from alerts import rules
+from alerts.evidence import CuffEvidence
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
-from alerts.rules import CLEAR, CuffEvidence, Evidence, Judgement, Row, Verdict
+from alerts.rules import Evidence, Judgement, Row, Verdict
 from core.model import Limb, Reading, Severity
 from core.params import RuleParams
 
@@ -163,6 +164,8 @@ class AlertEngine:
         self._new_id = new_id if new_id is not None else ulid_factory()
         self._cuffs: dict[tuple[str, str], _Cuff] = {}
         self._inflated: dict[tuple[str, str], _Cuff] = {}  # last reading inflated: stale watch
+        # (team, cuff) of the inflated cuffs silent for stale_after_s at the last tick()
+        self.stale: list[tuple[str, str]] = []
         self._tracked: dict[str, _Tracked] = {}  # by id: open, or resolved within the flap guard
         self._out: list[Transition] = []  # reused per call (the engine is not re-entrant)
         # the event being judged: clock, event time (device ms, or clock ms) and push
@@ -196,36 +199,15 @@ class AlertEngine:
         self._at_ms = at
         self._push = ev.clock.age_ms <= params.alert_max_age_s * 1000.0  # backlog: no push
         judge = self._judge
-        dev = ev.last_ts_ms if ev.last_ts_ms is not None else at  # set by observe
         # CLEAR and UNKNOWN change nothing on a kind with no alert: a judgement goes through
         # the lifecycle only when a row holds or an alert of its kind is tracked (the common
         # quiet reading skips _judge entirely; same transitions either way). `alerts and`
         # first: an enum member hashes in Python, and most cuffs have no alert to look up.
         alerts = cuff.alerts
-        j = rules.judge_over_pressure(ev, params)
-        if j.__class__ is Verdict or (alerts and AlertKind.OVER_PRESSURE in alerts):
-            judge(cuff, AlertKind.OVER_PRESSURE, j)
-        j = rules.judge_under_pressure(ev, params)
-        if j.__class__ is Verdict or (alerts and AlertKind.UNDER_PRESSURE in alerts):
-            judge(cuff, AlertKind.UNDER_PRESSURE, j)
-        j = rules.judge_over_time(ev, params)
-        if j.__class__ is Verdict or (alerts and AlertKind.OVER_TIME in alerts):
-            judge(cuff, AlertKind.OVER_TIME, j)
-        j = rules.judge_short_reperfusion(ev)
-        if j.__class__ is Verdict or (alerts and AlertKind.SHORT_REPERFUSION in alerts):
-            judge(cuff, AlertKind.SHORT_REPERFUSION, j)
-        j = rules.judge_session(ev, params, dev, dev)
-        if j.__class__ is Verdict or (alerts and AlertKind.SESSION_OVER_TIME in alerts):
-            judge(cuff, AlertKind.SESSION_OVER_TIME, j)
-        if alerts and AlertKind.CUFF_OFFLINE in alerts:
-            judge(cuff, AlertKind.CUFF_OFFLINE, CLEAR)  # a reading arrived
-        if ev.fault_now:
-            judge(cuff, AlertKind.SENSOR_FAULT, rules.judge_sensor_fault(ev, now))
-        battery = reading.battery_pct
-        if battery is not None:
-            j = rules.judge_battery(battery)
-            if j.__class__ is Verdict or (alerts and AlertKind.BATTERY_LOW in alerts):
-                judge(cuff, AlertKind.BATTERY_LOW, j)
+        for kind, judge_kind in rules.ON_READING:
+            j = judge_kind(ev, params, now)
+            if j.__class__ is Verdict or (alerts and kind in alerts):
+                judge(cuff, kind, j)
         out = self._out
         if not out:
             return NOTHING if ended is None else Outcome((), ended)
@@ -269,10 +251,13 @@ class AlertEngine:
         now = self._at_clock()
         now_ms = self._at_ms
         judge = self._judge
-        for c in self._inflated.values():
+        stale = self.stale
+        stale.clear()
+        for key, c in self._inflated.items():
             silent = now - c.ev.last_seen
             stale_after = c.timers.stale_after_s
             if silent >= stale_after:
+                stale.append(key)
                 verdict = rules.offline_verdict(round(silent, 1), stale_after)
                 judge(c, AlertKind.CUFF_OFFLINE, verdict)
         for t in list(self._tracked.values()):
@@ -282,21 +267,9 @@ class AlertEngine:
                 if now - t.resolved_at > p.reraise_after_s:
                     self._drop(c, t)
                 continue
-            ev = c.ev
-            kind = t.kind
-            if kind is AlertKind.SENSOR_FAULT:
-                judge(c, kind, rules.judge_sensor_fault(ev, now))
-            elif kind is AlertKind.SESSION_OVER_TIME and ev.has_reading:
-                dev = ev.device_now_ms(now)
-                until = dev if ev.inflated else (ev.last_ts_ms or dev)
-                judge(c, kind, rules.judge_session(ev, p, dev, until))
-            elif (
-                kind is AlertKind.OVER_PRESSURE
-                and ev.has_reading
-                and not ev.inflated
-                and now - ev.last_seen >= p.stale_after_s
-            ):
-                judge(c, kind, CLEAR)  # deflated and silent: nothing left to judge
+            on_tick = rules.ON_TICK.get(t.kind)
+            if on_tick is not None:
+                judge(c, t.kind, on_tick(c.ev, p, now))
             if t.state is _ACKED and t.ack_at is not None and now - t.ack_at >= p.ack_silence_s:
                 t.state = _FIRING
                 t.critical_since = now

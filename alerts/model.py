@@ -8,18 +8,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from alerts.evidence import BoutSummary
+from alerts.rules import AlertKind
 from core.model import Severity
 
-
-class AlertKind(enum.StrEnum):
-    OVER_PRESSURE = "over_pressure"
-    UNDER_PRESSURE = "under_pressure"
-    OVER_TIME = "over_time"
-    SHORT_REPERFUSION = "short_reperfusion"
-    SESSION_OVER_TIME = "session_over_time"
-    CUFF_OFFLINE = "cuff_offline"
-    SENSOR_FAULT = "sensor_fault"
-    BATTERY_LOW = "battery_low"
+__all__ = [
+    "Alert", "AlertKind", "AlertState", "BoutSummary", "Change", "Transition", "iso_ms",
+    "parse_iso_ms",
+]
 
 
 class AlertState(enum.StrEnum):
@@ -38,18 +34,6 @@ class Change(enum.StrEnum):
     REFIRED = "refired"  # ack silence ran out and the condition still holds
     ESCALATED = "escalated"  # critical, unacknowledged for escalate_after_s
     RESOLVED = "resolved"
-
-
-UNITS: dict[AlertKind, str | None] = {
-    AlertKind.OVER_PRESSURE: "mmHg",
-    AlertKind.UNDER_PRESSURE: "mmHg",
-    AlertKind.OVER_TIME: "s",
-    AlertKind.SHORT_REPERFUSION: "s",
-    AlertKind.SESSION_OVER_TIME: "s",
-    AlertKind.CUFF_OFFLINE: "s",
-    AlertKind.SENSOR_FAULT: "mmHg",
-    AlertKind.BATTERY_LOW: "%",
-}
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -168,21 +152,3 @@ class Transition:
     change: Change
     push: bool  # False for backlog readings older than alert_max_age_s, and for silenced refreshes
     escalation: bool = False  # True: also goes to the team's escalation routes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BoutSummary:
-    """A finished occlusion bout (SPEC §4 `occlusion_bout`; time = bout start)."""
-
-    team: str
-    cuff: str
-    athlete: str
-    limb: str
-    start_ms: int
-    duration_s: float
-    mean_pressure_mmhg: float | None
-    min_pressure_mmhg: float | None
-    max_pressure_mmhg: float | None
-    target_mmhg: float | None
-    time_in_band_pct: float | None
-    alerts: int

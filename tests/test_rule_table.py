@@ -1,0 +1,30 @@
+"""The rule table is complete: every alert kind has rows, a judge and words (alerts/rules.py).
+
+Adding a kind touches alerts/rules.py only; these checks say what it must bring.
+"""
+
+from __future__ import annotations
+
+from alerts import rules
+from alerts.rules import ON_READING, ON_TICK, ROWS, AlertKind
+
+
+def test_every_kind_has_rows_and_one_judge_after_each_reading() -> None:
+    assert {row.kind for row in ROWS} == set(AlertKind)
+    kinds = [kind for kind, _ in ON_READING]
+    assert sorted(kinds) == sorted(AlertKind)  # each exactly once
+    assert set(ON_TICK) <= set(AlertKind)
+
+
+def test_every_row_has_its_own_message() -> None:
+    assert set(rules.MESSAGES) == {row.key for row in ROWS}
+    fallback = rules.describe(None, "a1 left_arm", 1.0, 2.0)
+    for row in ROWS:
+        text = rules.describe(row, "a1 left_arm", 1.0, 2.0)
+        assert text != fallback, row.key
+        assert text.startswith("a1 left_arm"), row.key
+
+
+def test_row_keys_are_unique_and_sensor_faults_map_to_their_rows() -> None:
+    assert len({row.key for row in ROWS}) == len(ROWS)
+    assert all(row.kind is AlertKind.SENSOR_FAULT for row in rules.FAULT_ROWS.values())
