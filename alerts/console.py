@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 
 from rich.console import Console
 from rich.text import Text
 
 from alerts.model import AlertState, Change, Transition
+from alerts.notify import RouteStats
 from core.model import Severity
 
 __all__ = ["ConsoleNotifier", "format_transition"]
@@ -54,14 +56,31 @@ def format_transition(transition: Transition) -> Text:
 
 
 class ConsoleNotifier:
-    """Prints each transition as one coloured line; `submit()` never raises."""
+    """Prints each transition as one coloured line; a `Notifier` with nothing to run or count.
+
+    `submit()` never raises; after `aclose()` it prints nothing more.
+    """
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
+        self._closed = False
 
     def submit(self, transition: Transition) -> None:
         """Print the transition's line (every transition, pushed or not)."""
+        if self._closed:
+            return
         try:
             self.console.print(format_transition(transition), highlight=False)
         except Exception:  # a broken terminal must not break the alert path
             log.exception("console notifier could not print a transition")
+
+    async def run(self) -> None:
+        """Return at once: printing happens in `submit()`, there is no worker."""
+
+    async def aclose(self) -> None:
+        """Stop printing (nothing is queued)."""
+        self._closed = True
+
+    def stats(self) -> Mapping[str, RouteStats]:
+        """No routes, so no counters."""
+        return {}

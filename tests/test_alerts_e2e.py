@@ -246,7 +246,7 @@ async def test_alerts_have_their_own_connection_and_outlast_its_loss(
             MqttProbe(mosquitto.host, mosquitto.port) as dev, \
             MqttProbe(mosquitto.host, mosquitto.port) as watch:
         await watch_alerts(watch, topic_root)
-        await wait_for(lambda: gw._alert_lane is gw.alert_link, what="alerts on their lane")
+        await wait_for(lambda: gw.delivery.on_lane, what="alerts on their lane")
         assert gw.alert_link.client._client_id != gw.mqtt.client._client_id
         first = f"{topic_root}/t1/alerts/c1/over_pressure"
         dev.publish(f"{topic_root}/t1/cuffs/c1/telemetry", reading(0, ts0, 262.0, 10.0))
@@ -348,7 +348,7 @@ async def test_unacknowledged_critical_escalates_to_the_escalation_route_only(
         await wait_for(lambda: receiver.titles("/lead") and receiver.titles("/staff"),
                        what="pushes to both routes")
         stats = push.stats()
-        assert stats["t1/0-json"]["queue_depth"] == 0  # the escalation was never queued for staff
+        assert stats["t1/0-json"].queue_depth == 0  # the escalation was never queued for staff
         assert receiver.titles("/staff") == ["CRITICAL over_pressure — a-1 left_arm"]
         assert receiver.titles("/lead") == ["CRITICAL over_pressure — a-1 left_arm (escalated)"]
 
@@ -483,7 +483,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         stats = push.stats()
         # submit() queues on every route at once: the warning routes never got it
         for label in ("t1/0-json", "t1/1-ntfy", "t1/2-mailto"):
-            assert (stats[label]["queue_depth"], stats[label]["sent"]) == (0, 0), label
+            assert (stats[label].queue_depth, stats[label].sent) == (0, 0), label
 
         # critical: MQTT and every healthy route while the dead route's request still hangs
         dev.publish(f"{topic_root}/t1/cuffs/c1/telemetry", reading(0, now_ms(), 290.0, 60.0))
@@ -492,7 +492,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
                        and receiver.ntfy("cuffs-t1") and len(receiver.titles("/log")) == 2
                        and mailbox.envelopes, what="critical alert everywhere healthy")
         assert (dead.requests, dead.open) == (1, 1)  # still hanging, nothing answered
-        assert push.stats()["t1/4-json"]["sent"] == 0
+        assert push.stats()["t1/4-json"].sent == 0
         assert states(watch, op) == ["firing"]
 
     title = "CRITICAL over_pressure — a-1 left_arm"
@@ -596,7 +596,7 @@ async def test_backlog_readings_raise_and_store_alerts_without_pushes(
         assert stored_alert["started_at"] == iso(old)
         assert receiver.titles("/staff") == ["CRITICAL over_pressure — a-2 left_arm"]
         assert receiver.titles("/lead") == ["CRITICAL over_pressure — a-2 left_arm (escalated)"]
-        assert [s["queue_depth"] for s in push.stats().values()] == [0, 0]
+        assert [s.queue_depth for s in push.stats().values()] == [0, 0]
     [row] = await alert_rows(influxdb, influx_db, "WHERE cuff = 'c1'")
     assert row == as_row(stored_alert)
 

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import logging
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,17 +26,18 @@ from receivers import (
 from rich.console import Console
 
 from alerts.console import ConsoleNotifier, format_transition
-from alerts.model import Alert, AlertKind, AlertState, Change, Transition
-from alerts.push import (
+from alerts.errors import (
+    AlertsError,
     PushConfigError,
-    PushDispatcher,
-    RouteSpec,
-    TokenBucket,
-    critical_url,
-    render,
-    route_label,
-    routes_from_settings,
+    PushError,
+    PushFailedError,
+    PushTimeoutError,
 )
+from alerts.model import Alert, AlertKind, AlertState, Change, Transition
+from alerts.push import BACKOFF_JITTER, PushDispatcher
+from alerts.render import render
+from alerts.route_queue import TokenBucket
+from alerts.routes import RouteSpec, critical_url, route_label, routes_from_settings
 from core.config import load_settings
 from core.model import Severity
 
@@ -246,6 +248,27 @@ def test_unusable_url_is_a_config_error_naming_the_route_only() -> None:
     assert "topsecret" not in str(info.value)
 
 
+def test_every_push_error_is_an_alerts_error() -> None:
+    for error in (PushConfigError, PushError, PushFailedError, PushTimeoutError):
+        assert issubclass(error, AlertsError), error
+
+
+def test_retry_delays_double_up_to_the_cap_with_jitter() -> None:
+    # min(max, initial·2^(n−1)) × uniform(1 − BACKOFF_JITTER, 1), drawn per retry
+    d = PushDispatcher({}, backoff_initial_s=1.0, backoff_max_s=5.0)
+    nominal = [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    for _ in range(50):
+        delays = d._retry_delays()
+        for expected in nominal:
+            assert expected * (1.0 - BACKOFF_JITTER) <= next(delays) <= expected
+    random.seed(7)
+    drawn = [next(d._retry_delays()) for _ in range(3)]
+    random.seed(7)
+    assert drawn == [random.uniform(1.0 - BACKOFF_JITTER, 1.0) for _ in range(3)]
+    capped = PushDispatcher({}, backoff_initial_s=9.0, backoff_max_s=5.0)._retry_delays()
+    assert all(next(capped) <= 5.0 for _ in range(3))  # capped from the first delay on
+
+
 # -- which routes get what -----------------------------------------------------------------------
 
 
@@ -264,7 +287,7 @@ async def test_route_selection_by_severity_escalation_push_and_change() -> None:
 
     def depths() -> tuple[int, ...]:
         stats = d.stats()
-        return tuple(int(stats[k]["queue_depth"] or 0) for k in sorted(stats))
+        return tuple(stats[k].queue_depth for k in sorted(stats))
 
     a1 = alert("A1", severity=Severity.WARNING)
     d.submit(raised(a1))
@@ -311,7 +334,7 @@ async def test_full_queue_drops_oldest_non_critical_first(http: HttpReceiver) ->
     d.submit(raised(alert("C2", athlete="c2")))  # full: W1 goes
     d.submit(raised(alert("C3", athlete="c3")))  # full: W2 goes
     d.submit(raised(alert("C4", athlete="c4")))  # only criticals left: the oldest, C1, goes
-    assert d.stats()["t1/0-json"]["dropped_full"] == 3
+    assert d.stats()["t1/0-json"].dropped_full == 3
     async with running(d):
         await eventually(lambda: len(http.at("/q")) == 3)
     assert [t.split(" — ")[1] for t in http.titles("/q")] == [
@@ -329,7 +352,7 @@ async def test_json_route_posts_title_message_and_type(http: HttpReceiver) -> No
         d.submit(raised(a))
         d.submit(raised(alert("W", severity=Severity.WARNING, kind=AlertKind.OVER_TIME)))
         d.submit(resolved(a))
-        await eventually(lambda: d.stats()["t1/0-json"]["sent"] == 3)
+        await eventually(lambda: d.stats()["t1/0-json"].sent == 3)
     crit, warn, done = (r.body for r in http.at("/hook"))
     assert crit["title"] == "CRITICAL over_pressure — a-17 left_leg"
     assert crit["message"].startswith("a-17 left_leg cuff at 312 mmHg (limit 300)\nfiring since")
@@ -337,8 +360,8 @@ async def test_json_route_posts_title_message_and_type(http: HttpReceiver) -> No
     assert (warn["title"], warn["type"]) == ("WARNING over_time — a-17 left_leg", "warning")
     assert (done["title"], done["type"]) == ("RESOLVED over_pressure — a-17 left_leg", "success")
     stats = d.stats()["t1/0-json"]
-    assert (stats["sent"], stats["failed"], stats["retried"]) == (3, 0, 0)
-    assert stats["last_error"] is None
+    assert (stats.sent, stats.failed, stats.retried) == (3, 0, 0)
+    assert stats.last_error is None
 
 
 async def test_ntfy_priority_max_for_critical_default_for_warning(http: HttpReceiver) -> None:
@@ -407,7 +430,7 @@ async def test_newer_push_supersedes_a_queued_older_one(http: HttpReceiver) -> N
     d.submit(Transition(w.evolve(severity=Severity.CRITICAL, updated_at_ms=T0_MS + 2000),
                         Change.UPDATED, True))
     async with running(d):
-        await eventually(lambda: d.stats()["t1/0-json"]["superseded"] == 1)
+        await eventually(lambda: d.stats()["t1/0-json"].superseded == 1)
     assert http.titles("/s") == ["CRITICAL over_pressure — a-17 left_leg"]
 
 
@@ -416,12 +439,12 @@ async def test_rate_limit_caps_warnings_but_a_critical_goes_through(http: HttpRe
     async with running(d):
         for i in range(10):
             d.submit(raised(alert(f"W{i}", severity=Severity.WARNING)))
-        await eventually(lambda: d.stats()["t1/0-json"]["queue_depth"] == 0
+        await eventually(lambda: d.stats()["t1/0-json"].queue_depth == 0
                          and len(http.at("/r")) == 2)
         d.submit(raised(alert("C")))
-        await eventually(lambda: d.stats()["t1/0-json"]["sent"] == 3)
+        await eventually(lambda: d.stats()["t1/0-json"].sent == 3)
     stats = d.stats()["t1/0-json"]
-    assert (stats["sent"], stats["dropped_rate"]) == (3, 8)
+    assert (stats.sent, stats.dropped_rate) == (3, 8)
     crit = http.at("/r")[-1].body
     assert crit["title"].startswith("CRITICAL")
     assert "+8 earlier push(es) left out by the rate limit" in crit["message"]
@@ -437,7 +460,7 @@ async def test_critical_pushes_wait_for_tokens_instead_of_being_dropped(http: Ht
             d.submit(raised(alert(f"C{i}", athlete=f"c{i}")))
         await eventually(lambda: len(http.at("/c")) == 5)
     assert [t.split(" — ")[1] for t in http.titles("/c")] == [f"c{i} left_leg" for i in range(5)]
-    assert d.stats()["t1/0-json"]["dropped_rate"] == 0
+    assert d.stats()["t1/0-json"].dropped_rate == 0
 
 
 async def test_retries_after_server_errors_deliver_once(http: HttpReceiver) -> None:
@@ -445,12 +468,12 @@ async def test_retries_after_server_errors_deliver_once(http: HttpReceiver) -> N
     d = PushDispatcher({"t1": [spec("t1/0-json", http.url("/flaky"))]}, **FAST)
     async with running(d):
         d.submit(raised(alert()))
-        await eventually(lambda: d.stats()["t1/0-json"]["sent"] == 1)
+        await eventually(lambda: d.stats()["t1/0-json"].sent == 1)
     assert http.hits["/flaky"] == 3
     assert len(http.at("/flaky")) == 1
     stats = d.stats()["t1/0-json"]
-    assert (stats["retried"], stats["failed"], stats["last_error"]) == (2, 0, "PushFailedError")
-    assert (stats["consecutive_failures"], stats["failing"]) == (0, False)
+    assert (stats.retried, stats.failed, stats.last_error) == (2, 0, "PushFailedError")
+    assert (stats.consecutive_failures, stats.failing) == (0, False)
 
 
 async def test_dead_routes_do_not_delay_a_healthy_one(
@@ -469,17 +492,17 @@ async def test_dead_routes_do_not_delay_a_healthy_one(
     async with running(d):
         d.submit(raised(alert()))
         # submit() only queued: nothing has been sent, every route holds the push
-        assert [s["queue_depth"] for s in d.stats().values()] == [1, 1, 1]
+        assert [s.queue_depth for s in d.stats().values()] == [1, 1, 1]
         await eventually(lambda: len(http.at("/healthy")) == 1 and hanging.requests == 1)
         # the healthy route got its push while the hanging route's request is unanswered
-        assert d.stats()["t1/0-json"]["sent"] == 0
-        await eventually(lambda: d.stats()["t1/1-json"]["failed"] == 1)
+        assert d.stats()["t1/0-json"].sent == 0
+        await eventually(lambda: d.stats()["t1/1-json"].failed == 1)
         assert d.failing_routes() == ["t1/1-json"]  # 3 refused attempts in a row
         refused = d.stats()["t1/1-json"]
-        assert (refused["retried"], refused["last_error"]) == (2, "PushFailedError")
+        assert (refused.retried, refused.last_error) == (2, "PushFailedError")
         d.submit(raised(alert("A2")))
         await eventually(lambda: len(http.at("/healthy")) == 2)
-        assert (d.stats()["t1/0-json"]["sent"], hanging.requests) == (0, 1)
+        assert (d.stats()["t1/0-json"].sent, hanging.requests) == (0, 1)
 
 
 async def test_hanging_route_attempts_time_out_and_give_up(hanging: HangingServer) -> None:
@@ -489,9 +512,9 @@ async def test_hanging_route_attempts_time_out_and_give_up(hanging: HangingServe
     )
     async with running(d):
         d.submit(raised(alert()))
-        await eventually(lambda: d.stats()["t1/0-json"]["failed"] == 1)
+        await eventually(lambda: d.stats()["t1/0-json"].failed == 1)
     stats = d.stats()["t1/0-json"]
-    assert (stats["sent"], stats["retried"], stats["last_error"]) == (0, 1, "PushTimeoutError")
+    assert (stats.sent, stats.retried, stats.last_error) == (0, 1, "PushTimeoutError")
 
 
 async def test_logs_name_routes_by_label_never_by_secret(
@@ -512,9 +535,9 @@ async def test_logs_name_routes_by_label_never_by_secret(
     )
     async with running(d):
         d.submit(raised(alert()))
-        await eventually(lambda: d.stats()["t1/2-json"]["failed"] == 1
-                         and d.stats()["t1/0-json"]["sent"] == 1
-                         and d.stats()["t1/1-ntfy"]["sent"] == 1)
+        await eventually(lambda: d.stats()["t1/2-json"].failed == 1
+                         and d.stats()["t1/0-json"].sent == 1
+                         and d.stats()["t1/1-ntfy"].sent == 1)
     ours = [r.getMessage() for r in caplog.records if r.name == "alerts.push"]
     assert any("push[t1/2-json] gave up" in m for m in ours)
     assert any("push[t1/0-json] sent" in m for m in ours)
@@ -532,11 +555,11 @@ async def test_run_returns_after_aclose_and_pending_pushes_are_dropped(
     task = asyncio.create_task(d.run(), name="test.push.run")
     for i in range(3):
         d.submit(raised(alert(f"A{i}")))
-    await eventually(lambda: d.stats()["t1/0-json"]["retried"] == 0
-                     and d.stats()["t1/0-json"]["consecutive_failures"] == 1)
+    await eventually(lambda: d.stats()["t1/0-json"].retried == 0
+                     and d.stats()["t1/0-json"].consecutive_failures == 1)
     await d.aclose()  # the worker is in its 30 s backoff: cancelled, not awaited out
     await task
-    assert d.stats()["t1/0-json"]["queue_depth"] == 0
+    assert d.stats()["t1/0-json"].queue_depth == 0
     assert "2 unsent push(es) dropped at shutdown" in caplog.text
 
 
