@@ -2,6 +2,17 @@
 
 The names below are re-exported lazily, so `import ingest` (and the CLI) stays fast until
 something actually needs the InfluxDB client.
+
+Modules, by stage (docs/architecture.md, "Durability path"):
+
+- `lineproto`: line protocol for our measurements;
+- `spool` (the writer, `GroupCommitter`), `spool_files` (segments, recovery, reading
+  back), `spool_record` (the record format and its parser);
+- `sinks`: InfluxDB 1.x, 2.x/3.x or files;
+- `pipeline` (batching, retries, shutdown), `pipeline_memory` and `pipeline_replay` (its
+  two modes), `pipeline_stats` (`PipelineState`, `PipelineStats`);
+- `query` (analyst queries), `influxql` (the client), `query_output` (rows and formats);
+- `errors`: every exception, under `IngestError`.
 """
 
 from __future__ import annotations
@@ -10,28 +21,32 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ingest.pipeline import IngestPipeline, PipelineState
-    from ingest.sinks import (
-        FileSink,
-        InfluxV1Sink,
-        InfluxV2Sink,
+    from ingest.errors import (
+        IngestError,
         PermanentSinkError,
+        QueryError,
         RejectedBatchError,
-        Sink,
         SinkError,
+        SpoolError,
+        SpoolFull,
         TransientSinkError,
-        make_sink,
     )
-    from ingest.spool import GroupCommitter, Spool, SpoolError, SpoolFull
+    from ingest.pipeline import IngestPipeline
+    from ingest.pipeline_stats import PipelineState, PipelineStats
+    from ingest.sinks import FileSink, InfluxV1Sink, InfluxV2Sink, Sink, make_sink
+    from ingest.spool import GroupCommitter, Spool
 
 __all__ = [
     "FileSink",
     "GroupCommitter",
     "InfluxV1Sink",
     "InfluxV2Sink",
+    "IngestError",
     "IngestPipeline",
     "PermanentSinkError",
     "PipelineState",
+    "PipelineStats",
+    "QueryError",
     "RejectedBatchError",
     "Sink",
     "SinkError",
@@ -43,12 +58,19 @@ __all__ = [
 ]
 
 _HOME = {
+    "IngestError": "errors",
+    "PermanentSinkError": "errors",
+    "QueryError": "errors",
+    "RejectedBatchError": "errors",
+    "SinkError": "errors",
+    "SpoolError": "errors",
+    "SpoolFull": "errors",
+    "TransientSinkError": "errors",
     "IngestPipeline": "pipeline",
-    "PipelineState": "pipeline",
+    "PipelineState": "pipeline_stats",
+    "PipelineStats": "pipeline_stats",
     "GroupCommitter": "spool",
     "Spool": "spool",
-    "SpoolError": "spool",
-    "SpoolFull": "spool",
 }
 
 

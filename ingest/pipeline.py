@@ -20,6 +20,9 @@ spool's written mark, which frees whole segments. Two modes:
   memory mode when it has caught up with the spool's end — checked and switched without
   an await in between, so no record can slip past both.
 
+The modes' data live in `ingest.pipeline_memory` (the buffer) and `ingest.pipeline_replay`
+(the read-ahead and the latest submissions); the numbers in `ingest.pipeline_stats`.
+
 The pipeline starts in replay mode, so whatever a crash left in the spool goes first.
 A failing write is retried with jittered exponential backoff (credentials or a missing
 database: a slow fixed pace, logged loudly); a batch the server rejects as bad data is
@@ -30,20 +33,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import math
 import random
 import time
-from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ingest.sinks import PermanentSinkError, RejectedBatchError, Sink, TransientSinkError
-from ingest.spool import HEADER_BYTES, GroupCommitter, Spool, SpoolError
+from ingest.errors import (
+    IngestError,
+    PermanentSinkError,
+    RejectedBatchError,
+    SpoolError,
+    TransientSinkError,
+)
+from ingest.pipeline_memory import Batch, MemoryBuffer
+from ingest.pipeline_replay import Replay
+from ingest.pipeline_stats import PipelineState, PipelineStats
+from ingest.sinks import Sink
+from ingest.spool import GroupCommitter, Spool
 
-__all__ = ["IngestPipeline", "PipelineState"]
+__all__ = ["IngestPipeline", "PipelineState", "PipelineStats"]
 
 log = logging.getLogger(__name__)
 
@@ -74,45 +83,7 @@ CLOSE_GRACE_S = 1.0
 LOG_TEXT_CHARS = 300
 
 
-class PipelineState(enum.StrEnum):
-    """Where the pipeline is (STYLE: name the states)."""
-
-    OK = "ok"  # batches come from memory; the last write succeeded
-    REPLAYING = "replaying"  # batches come from the spool (after an outage, a restart, a burst)
-    FAILING = "failing"  # the last write failed; retrying with backoff
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Records taken for one write, with the position of the last one."""
-
-    body: bytes
-    lines: int
-    records: int
-    last_position: int
-    replayed_lines: int  # of `lines`, how many were read back from the spool
-
-
-@dataclass(slots=True)
-class _Entry:
-    """A buffered record: it spans (position - HEADER_BYTES - len(payload), position]."""
-
-    position: int
-    payload: bytes
-    lines: int
-    arrived: float
-
-    @property
-    def start(self) -> int:
-        """The position of the record before it (where this one's header begins)."""
-        return self.position - HEADER_BYTES - len(self.payload)
-
-
-def _line_count(payload: bytes) -> int:
-    return payload.count(b"\n")
-
-
-class _DeadlineReachedError(Exception):
+class _DeadlineReachedError(IngestError):
     """aclose()'s deadline passed while a batch was being written."""
 
 
@@ -148,19 +119,12 @@ class IngestPipeline:
         self.retry_max_s = retry_max_s
         self.permanent_retry_s = permanent_retry_s
         self.rejected_dir = Path(rejected_dir) if rejected_dir else spool.directory / "rejected"
-        self._buffer: deque[_Entry] = deque()
-        self._buffered_lines = 0
-        self._buffered_bytes = 0
-        # read from the spool, not yet sent: (position, payload, lines)
-        self._replay: deque[tuple[int, bytes, int]] = deque()
-        # replay mode: the latest submissions (a contiguous run, oldest dropped past the cap);
-        # once replay reaches the first of them, memory mode resumes without a pause
-        self._tail: deque[_Entry] = deque()
-        self._tail_lines = 0
+        self._wake = asyncio.Event()
+        self._buffer = MemoryBuffer(self.max_buffer_lines, batch_lines, self._wake)
+        self._replay = Replay(self.max_buffer_lines)
         self._memory = False  # replay first: the spool may hold what a crash left
         self._taken = spool.written_position  # last record in a batch in flight or written
         self._failing = False
-        self._wake = asyncio.Event()
         self._close_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -176,7 +140,6 @@ class IngestPipeline:
         self.rejected_lines = 0
         self.rejected_batches = 0
         self.spills = 0
-        self.max_buffered_lines_seen = 0
         self.last_batch_latency_s = 0.0
         self.in_flight_lines = 0
 
@@ -197,45 +160,28 @@ class IngestPipeline:
         position = self.committer.append_nowait(lines)
         self.submitted_lines += count
         if not self._closing:
-            if self._memory:
-                self._buffer_record(position, lines, count)
-            else:
-                self._tail_record(position, lines, count)
+            if not self._memory:
+                self._replay.keep(position, lines, count)
+            elif not self._buffer.add(position, lines, count):
+                self._spill(position, lines, count)
         return position
 
     async def wait_durable(self, position: int) -> None:
         """Return once everything up to `position` is fsynced; SpoolError if fsync fails."""
         await self.committer.wait_durable(position)
 
-    def _buffer_record(self, position: int, payload: bytes, count: int) -> None:
-        if self._buffered_lines + count > self.max_buffer_lines:
-            # the sink lags: stop buffering, catch up from the spool after the last batch taken
-            self._drop_buffer()
-            self.spills += 1
-            log.info("ingest: buffer full (%d lines): catching up from the spool",
-                     self.max_buffer_lines)
-            self._wake.set()
-            self._tail_record(position, payload, count)
-            return
-        self._buffer.append(_Entry(position, payload, count, time.monotonic()))
-        self._buffered_lines += count
-        self._buffered_bytes += len(payload)
-        self.max_buffered_lines_seen = max(self.max_buffered_lines_seen, self._buffered_lines)
-        if len(self._buffer) == 1 or self._buffered_lines >= self.batch_lines:
-            self._wake.set()
-
-    def _tail_record(self, position: int, payload: bytes, count: int) -> None:
-        tail = self._tail
-        tail.append(_Entry(position, payload, count, time.monotonic()))
-        self._tail_lines += count
-        while self._tail_lines > self.max_buffer_lines:
-            self._tail_lines -= tail.popleft().lines
+    def _spill(self, position: int, payload: bytes, count: int) -> None:
+        """The sink lags: stop buffering, catch up from the spool after the last batch taken."""
+        self._drop_buffer()
+        self.spills += 1
+        log.info("ingest: buffer full (%d lines): catching up from the spool",
+                 self.max_buffer_lines)
+        self._wake.set()
+        self._replay.keep(position, payload, count)
 
     def _drop_buffer(self) -> None:
         self._memory = False
         self._buffer.clear()
-        self._buffered_lines = 0
-        self._buffered_bytes = 0
 
     # -- the consumer side ------------------------------------------------------------------
 
@@ -260,16 +206,10 @@ class IngestPipeline:
                     return
                 except RejectedBatchError as exc:
                     await self._set_aside(batch, exc)
-                except (TransientSinkError, PermanentSinkError) as exc:
+                except Exception as exc:  # a sink bug must not stop ingest either: logged, retried
                     failures += 1
-                    self._on_failure(batch, exc, failures)
-                    if self.closing:
-                        return
-                    await self._sleep(self._retry_delay(exc, failures))
-                    continue
-                except Exception as exc:  # a sink bug must not stop ingest: logged, retried
-                    failures += 1
-                    log.exception("ingest: unexpected error from the sink")
+                    if not isinstance(exc, TransientSinkError | PermanentSinkError):
+                        log.exception("ingest: unexpected error from the sink")
                     self._on_failure(batch, exc, failures)
                     if self.closing:
                         return
@@ -285,8 +225,9 @@ class IngestPipeline:
             self._running = False
             self._stopped.set()
 
-    async def _next_batch(self) -> _Batch | None:
+    async def _next_batch(self) -> Batch | None:
         """The next batch to send, or None when closing and nothing more can go."""
+        buffer = self._buffer
         while True:
             if self._closing and self._past_deadline():
                 return None
@@ -295,120 +236,56 @@ class IngestPipeline:
                 if batch is not None:
                     return batch
                 continue
-            if not self._buffer:
+            if not buffer.entries:
                 if self._closing:
                     return None
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._closing and self._buffered_lines < self.batch_lines:
-                delay = self._buffer[0].arrived + self.batch_interval_s - time.monotonic()
+            if not self._closing and buffer.lines < self.batch_lines:
+                delay = buffer.entries[0].arrived + self.batch_interval_s - time.monotonic()
                 if delay > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._wake.wait()
                     continue  # re-evaluate: more lines, a spill or a close
-            return self._memory_batch()
+            batch = buffer.take(self._taken, self.max_batch_lines)
+            self._taken = batch.last_position
+            return batch
 
-    def _memory_batch(self) -> _Batch:
-        parts: list[bytes] = []
-        lines = replayed = 0
-        last = self._taken
-        while self._buffer and (
-            not parts or lines + self._buffer[0].lines <= self.max_batch_lines
-        ):
-            entry = self._buffer.popleft()
-            parts.append(entry.payload)
-            lines += entry.lines
-            if entry.arrived == -math.inf:  # read back by replay, adopted by the buffer
-                replayed += entry.lines
-            last = entry.position
-            self._buffered_lines -= entry.lines
-            self._buffered_bytes -= len(entry.payload)
-        self._taken = last
-        # what stays between batches (right after a switch from replay it may have been more)
-        self.max_buffered_lines_seen = max(self.max_buffered_lines_seen, self._buffered_lines)
-        return _Batch(b"".join(parts), lines, len(parts), last, replayed)
-
-    async def _replay_batch(self) -> _Batch | None:
+    async def _replay_batch(self) -> Batch | None:
         """A batch read back from the spool; None after switching to memory mode (caught up)."""
-        if not self._replay:
-            after = self._taken
+        if not self._replay.read_ahead:
             try:
-                records = await asyncio.to_thread(self.spool.read, after, self.replay_read_bytes)
+                records = await asyncio.to_thread(
+                    self.spool.read, self._taken, self.replay_read_bytes
+                )
             except (SpoolError, OSError):
                 log.exception("ingest: reading the spool failed; retrying")
                 await self._sleep(self.retry_initial_s)
                 return None
             if not records:
-                self._adopt_tail()  # caught up, unless appended during the read: read again
+                self._catch_up()  # caught up, unless appended during the read: read again
                 return None
-            for position, raw in records:
-                payload = raw if raw.endswith(b"\n") else raw + b"\n"
-                self._replay.append((position, payload, _line_count(payload)))
-        if self._adopt_tail():
+            self._replay.add_read(records)
+        if self._catch_up():
             return None
-        parts: list[bytes] = []
-        lines = 0
-        last = self._taken
-        while self._replay:
-            position, payload, count = self._replay[0]
-            if parts and lines + count > self.max_batch_lines:
-                break
-            self._replay.popleft()
-            parts.append(payload)
-            lines += count
-            last = position
-        self._taken = last
-        return _Batch(b"".join(parts), lines, len(parts), last, lines)
+        batch = self._replay.take(self._taken, self.max_batch_lines)
+        self._taken = batch.last_position
+        return batch
 
-    def _adopt_tail(self) -> bool:
-        """Switch to memory mode once replay has caught up with the spool's end.
-
-        Caught up means: what replay has read ends where the latest submissions (`_tail`,
-        kept in replay mode) begin, or at the spool's end. Under a steady stream the spool
-        grows during every read, so replay alone would never find its end; with the tail it
-        only has to reach the tail's first record. The read-ahead and the tail then become
-        the buffer, if what stays after the batch taken at once leaves a batch's worth of
-        room (so the next submission does not spill at once). No await between check and
-        switch: no submission can slip past both.
-        """
-        replay, tail = self._replay, self._tail
-        end = replay[-1][0] if replay else self._taken
-        while tail and tail[0].position <= end:  # read back from the spool already
-            self._tail_lines -= tail.popleft().lines
-        if tail:
-            if tail[0].start != end:
-                return False  # a gap: the tail dropped older records, replay must read on
-        elif self.spool.has_records_after(end):
-            return False  # appended while tail was off (closing): read on
-        # The caller takes a batch at once (no await between): up to max_batch_lines leave,
-        # and what stays must leave a batch's worth of room, or the next submission spills.
-        # (Demanding that room before the batch left kept a stream within a batch of the
-        # sink's capacity in replay for good: a full bench run read 1.44M of 1.85M lines
-        # back from disk.)
-        replayed_lines = sum(count for _, _, count in replay)
-        staying = replayed_lines + self._tail_lines - self.max_batch_lines
-        if staying > self.max_buffer_lines - self.batch_lines:
+    def _catch_up(self) -> bool:
+        """Switch to memory mode if replay has caught up (`Replay.hand_over`); no await."""
+        if not self._replay.hand_over(
+            self._taken, self._buffer, self.max_batch_lines, self.spool.has_records_after
+        ):
             return False
-        for position, payload, count in replay:
-            # arrived long ago: these go out without waiting for the batch interval
-            self._buffer.append(_Entry(position, payload, count, arrived=-math.inf))
-            self._buffered_lines += count
-            self._buffered_bytes += len(payload)
-        for entry in tail:
-            self._buffer.append(entry)
-            self._buffered_lines += entry.lines
-            self._buffered_bytes += len(entry.payload)
-        replay.clear()
-        tail.clear()
-        self._tail_lines = 0
         self._memory = True
         log.debug("ingest: caught up with the spool")
         return True
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: Batch) -> None:
         """Send one batch; under a deadline once closing (TimeoutError when it passes)."""
         started = time.monotonic()
         self.in_flight_lines = batch.lines
@@ -436,12 +313,12 @@ class IngestPipeline:
             # the lines are in InfluxDB; a stale mark only replays them again after a restart
             log.exception("ingest: could not advance the spool's written mark")
 
-    def _on_failure(self, batch: _Batch, exc: BaseException, failures: int) -> None:
+    def _on_failure(self, batch: Batch, exc: BaseException, failures: int) -> None:
         """Forget memory and read-ahead; the next batches come from the spool after the mark."""
         self.failed_batches += 1
         self._failing = True
         self._drop_buffer()
-        self._replay.clear()
+        self._replay.drop_read_ahead()
         self._taken = self.spool.written_position
         loud = isinstance(exc, PermanentSinkError) or failures == 1
         log.log(
@@ -466,7 +343,7 @@ class IngestPipeline:
             async with asyncio.timeout(delay):
                 await self._close_requested.wait()
 
-    async def _set_aside(self, batch: _Batch, exc: RejectedBatchError) -> None:
+    async def _set_aside(self, batch: Batch, exc: RejectedBatchError) -> None:
         """Count a batch the server refused as data, save it for inspection, pass over it."""
         self.rejected_batches += 1
         self.rejected_lines += exc.rejected_lines
@@ -482,7 +359,7 @@ class IngestPipeline:
             exc.rejected_lines, batch.lines, str(exc)[:LOG_TEXT_CHARS], path,
         )
 
-    def _save_rejected(self, batch: _Batch, reason: str) -> Path:
+    def _save_rejected(self, batch: Batch, reason: str) -> Path:
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.rejected_dir / f"rejected-{stamp}-{batch.last_position}.lp"
@@ -533,32 +410,38 @@ class IngestPipeline:
     @property
     def buffered_lines(self) -> int:
         """Lines held in memory waiting for a batch (the in-memory queue's depth)."""
-        return self._buffered_lines
+        return self._buffer.lines
 
-    def stats(self) -> dict[str, int | float | str]:
-        """Counters and gauges for /metrics (`state` is text; the rest are numbers)."""
+    def snapshot(self) -> PipelineStats:
+        """Counters and gauges for /metrics, as of now."""
         state = self.state
-        return {
-            "state": state.value,
-            "replaying": int(state is PipelineState.REPLAYING),
-            "failing": int(state is PipelineState.FAILING),
-            "submitted_lines": self.submitted_lines,
-            "written_lines": self.written_lines,
-            "batches": self.batches,
-            "failed_batches": self.failed_batches,
-            "replayed_lines": self.replayed_lines,
-            "rejected_lines": self.rejected_lines,
-            "rejected_batches": self.rejected_batches,
-            "last_batch_latency_s": self.last_batch_latency_s,
-            "buffered_lines": self._buffered_lines,
-            "in_flight_lines": self.in_flight_lines,
-            "buffered_bytes": self._buffered_bytes,
-            "tail_lines": self._tail_lines,
-            "max_buffer_lines": self.max_buffer_lines,
-            "spills": self.spills,
-            "spooled_bytes": self.spool.bytes_used,
-            "pending_bytes": self.spool.pending_bytes,
-            "pending_records": self.spool.records_pending,
-            "spool_full": int(self.spool.full),
-            "syncs": self.committer.syncs,
-        }
+        spool = self.spool
+        return PipelineStats(
+            state=state,
+            replaying=int(state is PipelineState.REPLAYING),
+            failing=int(state is PipelineState.FAILING),
+            submitted_lines=self.submitted_lines,
+            written_lines=self.written_lines,
+            batches=self.batches,
+            failed_batches=self.failed_batches,
+            replayed_lines=self.replayed_lines,
+            rejected_lines=self.rejected_lines,
+            rejected_batches=self.rejected_batches,
+            last_batch_latency_s=self.last_batch_latency_s,
+            buffered_lines=self._buffer.lines,
+            in_flight_lines=self.in_flight_lines,
+            buffered_bytes=self._buffer.bytes,
+            tail_lines=self._replay.tail_lines,
+            max_buffer_lines=self.max_buffer_lines,
+            spills=self.spills,
+            spooled_bytes=spool.bytes_used,
+            pending_bytes=spool.pending_bytes,
+            pending_records=spool.records_pending,
+            spool_full=int(spool.full),
+            syncs=self.committer.syncs,
+        )
+
+    @property
+    def max_buffered_lines_seen(self) -> int:
+        """The most lines the buffer held between batches (a high-water mark)."""
+        return self._buffer.max_lines_seen

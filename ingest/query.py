@@ -1,34 +1,26 @@
 """Analyst queries (SPEC §6): bouts, telemetry and alerts of a team as rows, over InfluxQL.
 
-`InfluxQLClient` speaks InfluxDB's `/query` endpoint, which 1.x answers and 2.x/3.x answer
-through their v1 compatibility API (a `Token` header, the bucket as the database). Every
-value a user types is escaped before it reaches InfluxQL; names are normalized the way the
-writer stores them (`ingest.lineproto.normalize_name`), so a hostile name finds its rows.
+The stored measurements and their columns, the time window (`--since`, `--from`, `--to`),
+the three queries and the `cuffwatch query` command. Talking to InfluxDB is
+`ingest.influxql`; the rows and their output formats are `ingest.query_output`. Names
+are normalized the way the writer stores them (`ingest.lineproto.normalize_name`), so a
+hostile name finds its rows.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import io
-import json
 import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
+from ingest.influxql import InfluxQLClient, QueryError, Series, quote_ident, quote_literal
 from ingest.lineproto import ALERT, BOUT, TELEMETRY, normalize_name
+from ingest.query_output import ColumnType, Format, Rows, write_rows
 
 if TYPE_CHECKING:
-    # pandas ships no type information; pandas-stubs may or may not be installed.
-    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
-
     from core.config import Settings
 
 __all__ = [
@@ -36,6 +28,7 @@ __all__ = [
     "Format",
     "InfluxQLClient",
     "Kind",
+    "MeasurementQuery",
     "QueryError",
     "Rows",
     "alerts",
@@ -46,15 +39,14 @@ __all__ = [
     "quote_ident",
     "quote_literal",
     "telemetry",
+    "time_bounds",
     "write_rows",
 ]
 
 Kind = Literal["bouts", "telemetry", "alerts"]
-Format = Literal["table", "csv", "json", "parquet"]
 TimeArg = datetime | str | int
 
 DEFAULT_SINCE = "7d"  # SPEC §6's example window: a training week
-DEFAULT_TIMEOUT_S = 30.0  # analyst queries scan weeks of points; the gateway's 10 s is too short
 _SINCE_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {
     "ms": timedelta(milliseconds=1),
@@ -64,8 +56,6 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-
-ColumnType = Literal["time", "tag", "float", "int", "bool", "string"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,20 +124,6 @@ MEASUREMENTS: dict[Kind, _Measurement] = {
 }
 
 
-class QueryError(Exception):
-    """InfluxDB could not be reached, refused the request, or failed the statement."""
-
-
-def quote_ident(name: str) -> str:
-    """An InfluxQL identifier in double quotes, its `\\` and `"` escaped."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def quote_literal(value: str) -> str:
-    """An InfluxQL string literal in single quotes, its `\\` and `'` escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
 def parse_since(text: str | timedelta) -> timedelta:
     """`7d`, `24h`, `30m`, `90s`, `2w` (or a timedelta) as a positive timedelta."""
     if isinstance(text, timedelta):
@@ -198,101 +174,6 @@ def time_bounds(
     return _epoch_ms(first), (_epoch_ms(last) if last is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One series of an InfluxQL result: its name, GROUP BY tags, columns and rows."""
-
-    name: str
-    tags: dict[str, str]
-    columns: list[str]
-    values: list[list[Any]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InfluxQLClient:
-    """A small synchronous client for InfluxQL over `/query` (1.x, or 2.x/3.x v1 API)."""
-
-    url: str
-    database: str
-    username: str = ""
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    rp: str = ""
-    timeout_s: float = DEFAULT_TIMEOUT_S
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> InfluxQLClient:
-        """The client for `[influx]`: v1 database and user, or v2 bucket and token."""
-        influx = settings.influx
-        if influx.api == "file":
-            raise ValueError('[influx] api = "file" writes local files: there is nothing to query')
-        if influx.api == "v1":
-            return cls(
-                url=influx.url,
-                database=influx.database,
-                username=influx.username,
-                password=influx.secret_password(),
-                rp=influx.retention_policy,
-            )
-        return cls(url=influx.url, database=influx.bucket, token=influx.secret_token())
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Token {self.token}"
-        elif self.username:
-            pair = f"{self.username}:{self.password or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        return headers
-
-    def query(self, influxql: str) -> list[Series]:
-        """Run one statement with `epoch=ms`; raise QueryError on any failure."""
-        params = {"q": influxql, "db": self.database, "epoch": "ms"}
-        if self.rp:
-            params["rp"] = self.rp
-        url = self.url.rstrip("/") + "/query?" + urllib.parse.urlencode(params)
-        request = urllib.request.Request(url, headers=self._headers(), method="GET")  # noqa: S310 - our configured InfluxDB URL
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace").strip()[:200]
-            raise QueryError(f"InfluxDB answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise QueryError(f"cannot query InfluxDB at {self.url}: {exc}") from None
-        out: list[Series] = []
-        for result in body.get("results", []):
-            if "error" in result:
-                raise QueryError(f"InfluxQL failed: {result['error']}")
-            for s in result.get("series", []):
-                out.append(Series(s.get("name", ""), s.get("tags", {}), s["columns"], s["values"]))
-        return out
-
-
-class Rows(list[dict[str, Any]]):
-    """Query results: one dict per point, columns in `columns` order, `time` a UTC datetime."""
-
-    def __init__(
-        self,
-        rows: Iterable[dict[str, Any]] = (),
-        *,
-        columns: Sequence[str] = (),
-        types: Sequence[ColumnType] = (),
-    ) -> None:
-        super().__init__(rows)
-        self.columns = tuple(columns)
-        self.types = tuple(types)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """The rows as a pandas DataFrame (needs pandas: `pip install cuffwatch[analyst]`)."""
-        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
-
-        frame = pd.DataFrame.from_records(list(self), columns=list(self.columns))
-        if "time" in frame.columns:
-            frame["time"] = pd.to_datetime(frame["time"], utc=True)
-        return frame
-
-
 def _select(
     kind: Kind, team: str, athlete: str | None, bounds: tuple[int, int | None]
 ) -> tuple[str, _Measurement]:
@@ -329,151 +210,48 @@ def _rows(series: list[Series], m: _Measurement) -> Rows:
     return Rows(rows, columns=m.names, types=[t for _, t in m.columns])
 
 
-def _run(
-    kind: Kind,
-    client: InfluxQLClient,
-    team: str,
-    athlete: str | None,
-    *,
-    since: str | timedelta | None,
-    start: TimeArg | None,
-    end: TimeArg | None,
-) -> Rows:
-    statement, m = _select(kind, team, athlete, time_bounds(since, start, end))
-    return _rows(client.query(statement), m)
+class MeasurementQuery:
+    """A query of one stored measurement: its rows for a team (or one athlete), oldest first.
+
+    `bouts`, `telemetry` and `alerts` are the three; call one as
+    `bouts(client, team, athlete=None, *, since=None, start=None, end=None)`. The window
+    is `[start or now - since, end)` (`since` defaults to 7 d, `end` to open).
+    """
+
+    def __init__(self, kind: Kind, doc: str) -> None:
+        """The query of `kind`; `doc` is what help() shows for it."""
+        self.kind = kind
+        self.__doc__ = doc
+
+    def __repr__(self) -> str:
+        """Name the query."""
+        return f"<ingest.query.{self.kind}>"
+
+    def __call__(
+        self,
+        client: InfluxQLClient,
+        team: str,
+        athlete: str | None = None,
+        *,
+        since: str | timedelta | None = None,
+        start: TimeArg | None = None,
+        end: TimeArg | None = None,
+    ) -> Rows:
+        """Run the query: rows oldest first (QueryError if InfluxDB fails it)."""
+        statement, m = _select(self.kind, team, athlete, time_bounds(since, start, end))
+        return _rows(client.query(statement), m)
 
 
-def bouts(
-    client: InfluxQLClient,
-    team: str,
-    athlete: str | None = None,
-    *,
-    since: str | timedelta | None = None,
-    start: TimeArg | None = None,
-    end: TimeArg | None = None,
-) -> Rows:
-    """Finished occlusion bouts of a team (or one athlete), oldest first; default last 7 d."""
-    return _run("bouts", client, team, athlete, since=since, start=start, end=end)
-
-
-def telemetry(
-    client: InfluxQLClient,
-    team: str,
-    athlete: str | None = None,
-    *,
-    since: str | timedelta | None = None,
-    start: TimeArg | None = None,
-    end: TimeArg | None = None,
-) -> Rows:
-    """Accepted readings of a team (or one athlete), oldest first; default last 7 d."""
-    return _run("telemetry", client, team, athlete, since=since, start=start, end=end)
-
-
-def alerts(
-    client: InfluxQLClient,
-    team: str,
-    athlete: str | None = None,
-    *,
-    since: str | timedelta | None = None,
-    start: TimeArg | None = None,
-    end: TimeArg | None = None,
-) -> Rows:
-    """Alert state changes of a team (or one athlete), oldest first; default last 7 d."""
-    return _run("alerts", client, team, athlete, since=since, start=start, end=end)
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    """A cell as text: RFC 3339 UTC with ms for times, empty for missing, else str()."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _json_value(value: Any) -> Any:
-    return _text(value) if isinstance(value, datetime) else value
-
-
-def write_csv(rows: Rows, out: IO[str]) -> None:
-    """CSV with a header row; times RFC 3339 UTC, missing values empty."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(rows.columns)
-    writer.writerows([_text(row.get(c)) for c in rows.columns] for row in rows)
-
-
-def write_json(rows: Rows, out: IO[str]) -> None:
-    """A JSON array of objects, one per row, keys in column order; times RFC 3339 UTC."""
-    out.write("[")
-    for i, row in enumerate(rows):
-        obj = {c: _json_value(row.get(c)) for c in rows.columns}
-        out.write(("," if i else "") + "\n" + json.dumps(obj, ensure_ascii=False))
-    out.write("\n]\n" if rows else "]\n")
-
-
-def write_table(rows: Rows, out: IO[str], *, title: str = "") -> None:
-    """A rich table for a terminal."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*rows.columns, title=title or None)
-    for row in rows:
-        table.add_row(*(_text(row.get(c)) for c in rows.columns))
-    Console(file=out, width=max(120, 16 * len(rows.columns)), soft_wrap=True).print(table)
-
-
-def _arrow_type(kind: ColumnType) -> Any:
-    import pyarrow as pa
-
-    types: dict[ColumnType, Any] = {
-        "time": pa.timestamp("ms", tz="UTC"),
-        "tag": pa.string(),
-        "string": pa.string(),
-        "float": pa.float64(),
-        "int": pa.int64(),
-        "bool": pa.bool_(),
-    }
-    return types[kind]
-
-
-def write_parquet(rows: Rows, path: Path) -> None:
-    """A Parquet file with a typed schema (time as timestamp[ms, UTC])."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [pa.field(c, _arrow_type(t)) for c, t in zip(rows.columns, rows.types, strict=True)]
-    )
-    data = {c: [row.get(c) for row in rows] for c in rows.columns}
-    pq.write_table(pa.Table.from_pydict(data, schema=schema), path)
-
-
-def write_rows(rows: Rows, fmt: Format, out: Path | None, *, title: str = "") -> None:
-    """Write rows as `fmt` to the file `out`, or to standard output when out is None."""
-    if fmt == "parquet":
-        if out is None:
-            raise ValueError("--format parquet needs --out FILE")
-        write_parquet(rows, out)
-        return
-    buffer = io.StringIO()
-    if fmt == "csv":
-        write_csv(rows, buffer)
-    elif fmt == "json":
-        write_json(rows, buffer)
-    else:
-        write_table(rows, buffer, title=title)
-    if out is None:
-        sys.stdout.write(buffer.getvalue())
-    else:
-        out.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-
-
-_QUERIES = {"bouts": bouts, "telemetry": telemetry, "alerts": alerts}
+bouts = MeasurementQuery(
+    "bouts", "Finished occlusion bouts of a team (or one athlete), oldest first; default last 7 d."
+)
+telemetry = MeasurementQuery(
+    "telemetry", "Accepted readings of a team (or one athlete), oldest first; default last 7 d."
+)
+alerts = MeasurementQuery(
+    "alerts", "Alert state changes of a team (or one athlete), oldest first; default last 7 d."
+)
+_QUERIES: dict[str, MeasurementQuery] = {q.kind: q for q in (bouts, telemetry, alerts)}
 
 
 def _check_arguments(kind: str, fmt: str, out: Path | None) -> None:

@@ -2,7 +2,7 @@
 
 Every sink takes a whole batch (newline-terminated lines, ms timestamps) and either stores
 all of it or raises one of our errors; library errors are translated here, at the edge,
-and the class decides the pipeline's policy:
+and the class (`ingest.errors`, importable from here too) decides the pipeline's policy:
 
 - `TransientSinkError` — timeouts, refused connections, 5xx, 429: retry with backoff;
 - `PermanentSinkError` — 401/403 (credentials), 404 (no such database/bucket): nothing
@@ -20,17 +20,21 @@ import re
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 import aiohttp
+
+from ingest.errors import PermanentSinkError, RejectedBatchError, SinkError, TransientSinkError
 
 if TYPE_CHECKING:  # ingest imports only the model modules at run time (docs/architecture.md)
     from core.config import InfluxSettings
 
 __all__ = [
     "FileSink",
+    "HttpOptions",
     "InfluxV1Sink",
     "InfluxV2Sink",
     "PermanentSinkError",
@@ -47,6 +51,8 @@ __all__ = [
 GZIP_IN_THREAD_BYTES = 64 << 10
 # Levels beyond 1 shrink line protocol little more and cost several times the CPU.
 GZIP_LEVEL = 1
+# A write's time limit, connect to answer, unless `[influx] timeout_s` says otherwise.
+DEFAULT_TIMEOUT_S = 10.0
 # One batch is in flight at a time; a spare connection covers a reconnect while one closes.
 MAX_CONNECTIONS = 2
 # The server's error text kept in our exceptions and logs: enough to name the bad line.
@@ -57,39 +63,6 @@ MAX_RETRY_AFTER_S = 3600.0
 _DROPPED = re.compile(r"dropped=(\d+)")
 _REJECTED_STATUSES = frozenset({400, 413, 422})  # bad line, body too large, outside retention
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
-
-
-class SinkError(Exception):
-    """A batch was not stored."""
-
-
-class TransientSinkError(SinkError):
-    """The server is unreachable, slow or overloaded: retry the same batch later."""
-
-    def __init__(self, message: str, *, status: int | None = None,
-                 retry_after_s: float | None = None) -> None:
-        """Keep the HTTP status (None without a response) and the server's Retry-After."""
-        super().__init__(message)
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-
-class PermanentSinkError(SinkError):
-    """The server refuses us (credentials, missing database): retrying needs a fix first."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        """Keep the HTTP status."""
-        super().__init__(message)
-        self.status = status
-
-
-class RejectedBatchError(PermanentSinkError):
-    """The server refused the data itself; `rejected_lines` of the batch are not stored."""
-
-    def __init__(self, message: str, *, status: int | None, rejected_lines: int) -> None:
-        """Keep how many lines were refused (the server's count when it gives one)."""
-        super().__init__(message, status=status)
-        self.rejected_lines = rejected_lines
 
 
 class Sink(Protocol):
@@ -133,6 +106,25 @@ def error_for_status(
     return PermanentSinkError(message, status=status)
 
 
+class HttpOptions(TypedDict, total=False):
+    """How an InfluxDB sink talks HTTP: keywords both take (`make_sink` passes `[influx]`'s)."""
+
+    timeout_s: float  # a whole write, connect to answer (default DEFAULT_TIMEOUT_S)
+    gzip: bool  # compress request bodies (default off)
+    ca_file: str | None  # a CA bundle to check an https server against (default: the system's)
+    verify_ssl: bool  # check an https server's certificate at all (default on)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Http:
+    """HttpOptions with the defaults filled in."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    gzip: bool = False
+    ca_file: str | None = None
+    verify_ssl: bool = True
+
+
 def _ssl_option(url: str, ca_file: str | None, verify: bool) -> ssl.SSLContext | bool:
     """aiohttp's `ssl=` for a URL: default checks, our CA file, or no verification."""
     if not url.startswith("https://"):
@@ -159,21 +151,19 @@ class InfluxV1Sink:
         retention_policy: str = "",
         username: str = "",
         password: str | None = None,
-        timeout_s: float = 10.0,
-        gzip: bool = False,
-        ca_file: str | None = None,
-        verify_ssl: bool = True,
+        **http: Unpack[HttpOptions],
     ) -> None:
         """Configure; the HTTP session opens on the first write (it needs the running loop)."""
+        options = _Http(**http)
         self.url = url.rstrip("/")
         self.database = database
         self._params = {"db": database, "precision": "ms"}
         if retention_policy:
             self._params["rp"] = retention_policy
         self._auth = aiohttp.BasicAuth(username, password or "") if username else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._gzip = gzip
-        self._ssl = _ssl_option(self.url, ca_file, verify_ssl)
+        self._timeout = aiohttp.ClientTimeout(total=options.timeout_s)
+        self._gzip = options.gzip
+        self._ssl = _ssl_option(self.url, options.ca_file, options.verify_ssl)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -219,21 +209,14 @@ class InfluxV2Sink:
         org: str,
         bucket: str,
         token: str | None,
-        *,
-        timeout_s: float = 10.0,
-        gzip: bool = False,
-        ca_file: str | None = None,
-        verify_ssl: bool = True,
+        **http: Unpack[HttpOptions],
     ) -> None:
         """Configure; the client opens on the first write (it needs the running loop)."""
         self.url = url.rstrip("/")
         self.org = org
         self.bucket = bucket
         self._token = token
-        self._timeout_ms = int(timeout_s * 1000)
-        self._gzip = gzip
-        self._ca_file = ca_file
-        self._verify_ssl = verify_ssl
+        self._http = _Http(**http)
         self._client: Any = None  # InfluxDBClientAsync, imported on first use
         self._write_api: Any = None
 
@@ -241,15 +224,16 @@ class InfluxV2Sink:
         # imported here: influxdb-client costs ~0.25 s of start-up, and only v2 needs it
         from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
-        kwargs: dict[str, Any] = {"verify_ssl": self._verify_ssl}
-        if self._ca_file:
-            kwargs["ssl_ca_cert"] = self._ca_file
+        http = self._http
+        kwargs: dict[str, Any] = {"verify_ssl": http.verify_ssl}
+        if http.ca_file:
+            kwargs["ssl_ca_cert"] = http.ca_file
         self._client = InfluxDBClientAsync(
             url=self.url,
             token=self._token or "",  # empty: no Authorization header
             org=self.org,
-            timeout=self._timeout_ms,
-            enable_gzip=self._gzip,
+            timeout=int(http.timeout_s * 1000),
+            enable_gzip=http.gzip,
             **kwargs,
         )
         self._write_api = self._client.write_api()
@@ -360,6 +344,12 @@ class FileSink:
 
 def make_sink(settings: InfluxSettings) -> Sink:
     """The sink `[influx]` describes (SPEC §7: api = v2 | v1 | file)."""
+    http = HttpOptions(
+        timeout_s=settings.timeout_s,
+        gzip=settings.gzip,
+        ca_file=settings.ca_file,
+        verify_ssl=settings.verify_ssl,
+    )
     if settings.api == "v1":
         return InfluxV1Sink(
             settings.url,
@@ -367,21 +357,11 @@ def make_sink(settings: InfluxSettings) -> Sink:
             retention_policy=settings.retention_policy,
             username=settings.username,
             password=settings.secret_password(),
-            timeout_s=settings.timeout_s,
-            gzip=settings.gzip,
-            ca_file=settings.ca_file,
-            verify_ssl=settings.verify_ssl,
+            **http,
         )
     if settings.api == "v2":
         return InfluxV2Sink(
-            settings.url,
-            settings.org,
-            settings.bucket,
-            settings.secret_token(),
-            timeout_s=settings.timeout_s,
-            gzip=settings.gzip,
-            ca_file=settings.ca_file,
-            verify_ssl=settings.verify_ssl,
+            settings.url, settings.org, settings.bucket, settings.secret_token(), **http
         )
     return FileSink(
         settings.file_dir, database=settings.database, retention_policy=settings.retention_policy

@@ -34,10 +34,10 @@ from servers import InfluxDB1Server, MosquittoServer
 from alerts.model import Alert, Change, Transition
 from core.config import Settings, load_settings
 from core.model import Limb
+from core.seq import SEQ_MODULUS
 from gateway.decode import (
     MAX_READINGS_PER_MESSAGE,
     REJECTED_ECHO_BYTES,
-    SEQ_MODULUS,
     RawReading,
     Rejected,
     Rejection,
@@ -576,8 +576,8 @@ async def test_gateway_survives_10000_hostile_messages_and_stores_every_valid_re
                                 topic)
             for raw, _ in msgs:
                 assert echo_size(json.loads(raw)["payload"]) <= REJECTED_ECHO_BYTES
-        batches = gw.pipeline.stats()
-    assert batches["rejected_batches"] == 0, "InfluxDB refused lines the gateway produced"
+        batches = gw.pipeline.snapshot()
+    assert batches.rejected_batches == 0, "InfluxDB refused lines the gateway produced"
     rows = await stored_rows(influxdb, influx_db, "cuff = 'c2' OR cuff = 'c3' OR cuff = 'c4'")
     got = Counter((r["cuff"], int(r["seq"])) for r in rows)
     extra = [r for r in rows if got[(r["cuff"], int(r["seq"]))] > 1
@@ -714,7 +714,7 @@ async def test_hostile_retained_alerts_at_start_up_neither_crash_nor_lose_readin
                            what="both readings stored")
             assert gw.counters.internal_errors == 0, internal_errors(caplog)
             assert gw.mqtt.connected.is_set()
-            assert gw.pipeline.stats()["rejected_batches"] == 0
+            assert gw.pipeline.snapshot().rejected_batches == 0
 
 
 async def count_all(influxdb: InfluxDB1Server, db: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from servers import InfluxDB1Server, free_port
 
 from core.model import Limb, Reading
 from ingest import lineproto
-from ingest.pipeline import IngestPipeline, PipelineState
+from ingest.pipeline import IngestPipeline, PipelineState, PipelineStats
 from ingest.sinks import FileSink, InfluxV1Sink, Sink
 from ingest.spool import Spool, SpoolFull
 
@@ -112,11 +113,41 @@ async def test_everything_submitted_is_written_once_in_order(
         await until(lambda: spool.records_pending == 0, "all written")
         assert pipeline.state is PipelineState.OK
     assert stored_seqs(influxdb, influx_db) == list(range(1000))
-    stats = pipeline.stats()
-    assert stats["written_lines"] == stats["submitted_lines"] == 1000
-    assert stats["failed_batches"] == 0
-    assert stats["pending_records"] == 0
+    stats = pipeline.snapshot()
+    assert stats.written_lines == stats.submitted_lines == 1000
+    assert stats.failed_batches == 0
+    assert stats.pending_records == 0
     assert spool.bytes_used < 16 << 10  # written segments were deleted
+
+
+# the names /metrics shows as ingest_<name>: the gateway's dashboards and alerts use them
+STATS_KEYS = [
+    "state", "replaying", "failing", "submitted_lines", "written_lines", "batches",
+    "failed_batches", "replayed_lines", "rejected_lines", "rejected_batches",
+    "last_batch_latency_s", "buffered_lines", "in_flight_lines", "buffered_bytes", "tail_lines",
+    "max_buffer_lines", "spills", "spooled_bytes", "pending_bytes", "pending_records",
+    "spool_full", "syncs",
+]
+
+
+async def test_stats_are_a_typed_snapshot_with_the_names_metrics_show(
+    spool: Spool, tmp_path: Path
+) -> None:
+    pipeline = fast(spool, FileSink(tmp_path / "lp"))
+    async with running(pipeline):
+        await submit_range(pipeline, 0, 30)
+        await until(lambda: spool.records_pending == 0, "all written")
+        snapshot = pipeline.snapshot()
+    assert isinstance(snapshot, PipelineStats)
+    assert snapshot.state is PipelineState.OK
+    assert (snapshot.written_lines, snapshot.submitted_lines, snapshot.pending_records) == (
+        30, 30, 0
+    )
+    assert [f.name for f in dataclasses.fields(snapshot)] == STATS_KEYS
+    gauges = dict(snapshot.gauges())
+    assert list(gauges) == STATS_KEYS[1:]  # every number, in order; not the state's text
+    assert all(type(v) is float for v in gauges.values())
+    assert gauges == {k: float(getattr(snapshot, k)) for k in STATS_KEYS[1:]}
 
 
 async def test_a_partial_batch_goes_after_the_interval(spool: Spool, tmp_path: Path) -> None:
@@ -314,7 +345,7 @@ async def test_a_full_spool_refuses_submissions(tmp_path: Path) -> None:
         async with running(pipeline, close_timeout_s=0.1):
             with pytest.raises(SpoolFull):
                 await submit_range(pipeline, 0, 1000)
-            assert pipeline.stats()["spool_full"] == 1
+            assert pipeline.snapshot().spool_full == 1
             assert spool.bytes_used <= 4096
 
 
@@ -375,7 +406,7 @@ async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(
 
     def bounded() -> None:
         assert pipeline.buffered_lines <= 4000
-        assert int(pipeline.stats().get("tail_lines", 0)) <= 4000
+        assert pipeline.snapshot().tail_lines <= 4000
 
     # yielding between appends, no sleep: some append lands in every read
     stream = _Stream(pipeline, STREAM_LINES_PER_S, bounded, pause_s=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,10 +14,16 @@ from typing import Any
 import pytest
 from servers import InfluxDB1Server, VictoriaMetricsServer, find_binary, free_port
 
+import ingest
+import ingest.errors
+import ingest.query
+import ingest.spool
 from core.config import InfluxSettings
 from core.model import Limb, Reading
 from ingest import lineproto
+from ingest.errors import IngestError
 from ingest.sinks import (
+    DEFAULT_TIMEOUT_S,
     FileSink,
     InfluxV1Sink,
     InfluxV2Sink,
@@ -286,6 +294,36 @@ def test_make_sink_follows_the_api_setting(tmp_path: Path) -> None:
     sink = make_sink(InfluxSettings(api="file", file_dir=str(tmp_path)))
     assert isinstance(sink, FileSink)
     assert sink.directory == tmp_path
+
+
+def test_make_sink_passes_the_http_options_to_either_influxdb_sink() -> None:
+    http = {"timeout_s": 3.5, "gzip": True, "verify_ssl": False}
+    v1 = make_sink(InfluxSettings(api="v1", url="https://influx:8086", **http))
+    assert isinstance(v1, InfluxV1Sink)
+    assert (v1._timeout.total, v1._gzip, v1._ssl) == (3.5, True, False)
+    v2 = make_sink(InfluxSettings(api="v2", **http))
+    assert isinstance(v2, InfluxV2Sink)
+    assert (v2._http.timeout_s, v2._http.gzip, v2._http.verify_ssl) == (3.5, True, False)
+    assert InfluxV1Sink("http://x", "db")._timeout.total == DEFAULT_TIMEOUT_S
+
+
+def test_every_ingest_exception_derives_from_ingest_error() -> None:
+    defined = [
+        obj
+        for info in pkgutil.iter_modules(ingest.__path__, "ingest.")
+        for obj in vars(importlib.import_module(info.name)).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+        and obj.__module__.startswith("ingest.")
+    ]
+    assert {e.__name__ for e in defined} >= {
+        "SpoolError", "SpoolFull", "SinkError", "TransientSinkError", "PermanentSinkError",
+        "RejectedBatchError", "QueryError", "CorruptRecordError", "_DeadlineReachedError",
+    }
+    assert [e for e in defined if not issubclass(e, IngestError)] == []
+    # the names stay importable where they were
+    assert ingest.spool.SpoolFull is ingest.errors.SpoolFull is ingest.SpoolFull
+    assert ingest.sinks.SinkError is ingest.errors.SinkError is ingest.SinkError
+    assert ingest.query.QueryError is ingest.errors.QueryError
 
 
 async def test_sinks_close_cleanly_without_ever_writing() -> None:

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import (
+from ingest.errors import CorruptRecordError
+from ingest.spool import GroupCommitter, Spool, SpoolError, SpoolFull
+from ingest.spool_files import MARK_FILE, segment_name
+from ingest.spool_record import (
     HEADER_BYTES,
-    MARK_FILE,
-    GroupCommitter,
-    Spool,
-    SpoolError,
-    SpoolFull,
-    _segment_name,
+    RecordHeader,
+    frame_header,
+    read_header,
+    read_payload,
 )
 
 
@@ -61,7 +64,7 @@ def test_segments_rotate_and_reads_cross_them(tmp_path: Path) -> None:
             spool.append(p)
         assert len(segment_files(tmp_path)) == 4  # 3 + 3 + 3 + 1
         assert [p for _, p in spool.read(0, 1 << 20)] == data
-        assert spool.stats()["segments"] == 4
+        assert spool.segment_count == 4
 
 
 def test_mark_written_frees_whole_segments_and_persists(tmp_path: Path) -> None:
@@ -117,10 +120,9 @@ def test_spool_full_is_raised_and_cleared_when_space_is_freed(tmp_path: Path) ->
         with pytest.raises(SpoolFull) as info:
             spool.append(b"y" * 50)
         assert info.value.used == 4 * record
-        assert spool.full
-        assert spool.stats()["full_rejections"] == 1
+        assert (spool.full, spool.full_rejections) == (True, 1)
         spool.mark_written(positions[1])  # frees the first segment
-        assert spool.stats()["full"] == 0
+        assert not spool.full
         spool.append(b"y" * 50)
         assert spool.records_pending == 3
 
@@ -134,7 +136,7 @@ def test_a_segment_that_cannot_be_created_is_a_spool_error_and_changes_nothing(
     with Spool(tmp_path, segment_bytes=2 * record) as spool:
         spool.append(b"a" * 50)
         end = spool.append(b"b" * 50)
-        blocker = tmp_path / _segment_name(end)  # where the next segment must be created
+        blocker = tmp_path / segment_name(end)  # where the next segment must be created
         blocker.mkdir()
         with pytest.raises(SpoolError, match="cannot create spool segment"):
             spool.append(b"c" * 50)
@@ -197,6 +199,50 @@ def test_a_damaged_tail_is_cut_counted_and_appends_continue(
     with Spool(tmp_path) as spool:
         assert spool.corrupt_records == 0  # the cut was clean
         assert [p for _, p in spool.read(0, 1 << 20)] == [*survivors, b"after"]
+
+
+def test_a_record_damaged_after_opening_is_skipped_with_the_rest_of_its_segment(
+    tmp_path: Path,
+) -> None:
+    data = payloads(5)
+    with Spool(tmp_path) as spool:
+        positions = [spool.append(p) for p in data]
+        spool.sync()
+        with _last_segment(tmp_path).open("r+b") as f:
+            f.seek(positions[2] - 1)  # the last payload byte of the third record
+            f.write(b"!")
+        assert [p for _, p in spool.read(0, 1 << 20)] == data[:2]
+        assert spool.corrupt_records == 1
+        assert spool.truncated_bytes == 3 * (HEADER_BYTES + 50)
+        position = spool.append(b"after")  # lands in a new segment, past the cut
+        assert spool.read(positions[1], 1 << 20) == [(position, b"after")]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda raw: raw[:HEADER_BYTES - 1], "torn record header"),
+        (lambda raw: b"XWS1" + raw[4:], "bad record magic"),
+        (lambda raw: raw[:-1], "torn record payload"),
+        (lambda raw: raw[:-1] + b"!", "record CRC mismatch"),
+    ],
+)
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_record_parser_names_what_is_wrong(
+    damage: Callable[[bytes], bytes], reason: str, keep: bool
+) -> None:
+    payload = b"x" * 100
+    raw = frame_header(payload, 7) + payload
+    header = read_header(io.BytesIO(raw), 0, len(raw))
+    assert header == RecordHeader(len(payload), header.crc, 7)
+    f = io.BytesIO(raw)
+    assert read_payload(f, read_header(f, 0, len(raw)), keep=keep) == (payload if keep else b"")
+    bad = damage(raw)
+    f = io.BytesIO(bad)
+    with pytest.raises(CorruptRecordError) as caught:
+        read_payload(f, read_header(f, 0, len(bad)), keep=keep)
+    assert caught.value.reason == reason
+    assert isinstance(caught.value, SpoolError)
 
 
 def test_a_corrupt_middle_segment_loses_only_its_tail(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ async def test_gateway_over_mqtts_and_https_influx_stores_readings(
         await wait_for(lambda: _eq(count_points(https_influx, https_db), 5),
                        what="5 readings stored over https")
         assert gw.counters.internal_errors == 0
-        assert gw.pipeline.stats()["failed_batches"] == 0
+        assert gw.pipeline.snapshot().failed_batches == 0
     log = broker_log(broker)
     assert f"as {settings.client_id} " in log
     # the gateway's session came in on the TLS listener, not the plain one
