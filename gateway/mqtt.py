@@ -1,4 +1,4 @@
-"""The gateway's MQTT edge on gmqtt: persistent session, acknowledgement on our terms.
+"""The gateway's MQTT edge: persistent session, acknowledgement on our terms.
 
 Stock gmqtt runs `on_message` as a task per message and (MQTT 5, non-optimistic) sends
 each PUBACK when that task returns; on MQTT 3.1.1 it acknowledges on receipt. Both cost
@@ -11,6 +11,9 @@ their PUBACKs together.
 A PUBACK therefore leaves only once the message's readings are fsynced — on MQTT 5 and
 3.1.1 alike. Acks owed on a connection that has since dropped are not sent: the broker
 redelivers those messages and the gateway drops them as duplicates.
+
+gmqtt is reached only through `gateway.gmqtt_compat` (which checks its version); the packets
+are read and the PUBACKs encoded by `gateway.mqtt_wire` (pure functions).
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import ssl
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
-import gmqtt
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from gmqtt.mqtt.package import Package
+from core.backoff import backoff_delays
+from gateway import mqtt_wire
+from gateway.errors import GatewayError
+from gateway.gmqtt_compat import LinkClient, NoPacketId, PacketSink, new_client
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ RECEIVE_MAXIMUM = 65535
 # Past this many the oldest held one is dropped, counted and logged: memory stays bounded.
 HELD_PUBLISHES_MAX = 10_000
 HELD_RETRY_S = 0.05  # publishes_acked(): how often to look again while some are held
-
 
 
 class Staged(enum.Enum):
@@ -68,42 +69,14 @@ FlushHandler = Callable[[], FastResult]
 DurableWaiter = Callable[[int], Awaitable[None]]
 CONNECT_TIMEOUT_S = 10.0  # TCP + TLS + CONNACK; a broker slower than this is treated as down
 ACK_RETRY_S = 0.5  # a failed fsync: hold the acks and wait for the disk again
-# PUBACK with remaining length 2: success, no reason code or properties (MQTT 5 §3.4.2.1
-# allows omitting them; 3.1.1 has none)
-_PUBACK = b"\x40\x02"
 
 
-class MqttError(Exception):
+class MqttError(GatewayError):
     """The broker could not be reached or refused us."""
 
 
 class _LostError(Exception):
     """The connection closed before the broker's CONNACK."""
-
-
-def _publish_topic(packet: bytes) -> str:
-    """The topic of an encoded PUBLISH packet (fixed header, remaining length, topic)."""
-    i = 1
-    while packet[i] & 0x80:  # the remaining length's continuation bytes
-        i += 1
-    size = packet[i + 1] << 8 | packet[i + 2]
-    return packet[i + 3 : i + 3 + size].decode()
-
-
-async def _resend_elsewhere() -> None:
-    """gmqtt's resend on a resumed session: MqttLink._handle_connect does it, in order."""
-
-
-def _keep_unacknowledged() -> None:
-    """gmqtt's drop of unacknowledged publishes on a new session: kept and sent again."""
-
-
-def backoff_delays(initial: float = INITIAL_BACKOFF_S, cap: float = MAXIMUM_BACKOFF_S) -> Any:
-    """Jittered exponential backoff ("full jitter" over a doubling ceiling)."""
-    ceiling = initial
-    while True:
-        yield random.uniform(initial / 2, ceiling)
-        ceiling = min(cap, ceiling * 2)
 
 
 def make_ssl_context(
@@ -116,24 +89,8 @@ def make_ssl_context(
     return ctx
 
 
-class _Client(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
-    """gmqtt's client with its reconnects handed to us (`MqttLink.supervise`).
-
-    gmqtt schedules `reconnect()` as an unowned task on every lost connection and keepalive
-    failure; such a task can outlive a stop, dial again after it, and when cancelled at exit
-    it logs a CancelledError traceback. Here it only reports the loss.
-    """
-
-    on_lost: Callable[[], None] | None = None
-
-    async def reconnect(self, delay: bool = False) -> None:
-        """Report the lost connection; the link's supervisor reconnects (with backoff)."""
-        if self.on_lost is not None:
-            self.on_lost()
-
-
 class MqttLink:
-    """One gmqtt client with a persistent session, birth/will and resubscribe on connect."""
+    """One MQTT client with a persistent session, birth/will and resubscribe on connect."""
 
     def __init__(
         self,
@@ -156,9 +113,11 @@ class MqttLink:
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        if on_message_fast is not None and (wait_durable is None or on_flush is None):
+            raise ValueError("on_message_fast needs wait_durable and on_flush")
         self._host = host
         self._port = port
-        self._version = MQTTv50 if protocol == 5 else MQTTv311
+        self._protocol = 5 if protocol == 5 else 3
         self._tls: ssl.SSLContext | bool = tls or False
         self._keepalive = keepalive_s
         self._subscriptions = list(subscriptions)
@@ -167,53 +126,12 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connections = 0
         self._closing = False
-        self._backoff = backoff_delays()
-        props: dict[str, Any] = {}
-        if protocol == 5:
-            props = {
-                "session_expiry_interval": session_expiry_s,
-                "receive_maximum": RECEIVE_MAXIMUM,
-            }
-        will_msg = gmqtt.Message(will[0], will[1], qos=1, retain=True) if will else None
+        self._backoff = backoff_delays(INITIAL_BACKOFF_S, MAXIMUM_BACKOFF_S)
         self._lost = asyncio.Event()
-        self.client = _Client(
-            client_id,
-            clean_session=clean_start,
-            optimistic_acknowledgement=False,
-            will_message=will_msg,
-            logger=logging.getLogger("gmqtt"),
-            **props,
-        )
-        if username:
-            self.client.set_auth_credentials(username, password)
-        self.client.on_lost = self._on_lost
         self.refused_publishes = 0  # PUBACKs with a failure reason code (MQTT 5)
         self.resent_topics: set[str] = set()  # of the publishes resent on the last CONNACK
         self._held: deque[tuple[str, bytes, int, bool]] = deque()  # waiting for a packet id
         self.dropped_publishes = 0  # held ones dropped past HELD_PUBLISHES_MAX
-        handler = self.client._package_handler
-        plain_puback = handler._handle_puback_packet
-
-        def puback(cmd: int, packet: bytes) -> None:
-            # gmqtt 0.8.0 ignores the reason code (MQTT 5 §3.4.2.1); a refusal must be seen
-            if len(packet) > 2 and packet[2] >= 0x80:
-                self.refused_publishes += 1
-            plain_puback(cmd, packet)
-            if self._held:
-                self._release_held()  # a packet id is free again
-
-        handler._handle_puback_packet = puback
-        # Our unacknowledged QoS 1 publishes go out again on every CONNACK, in order, before
-        # on_connected's own publishes (_handle_connect). gmqtt 0.8.0 resends them only if
-        # the broker kept the session, and only after on_connect, so a stale retained state
-        # could land last; on a new session (a broker that lost its state, a session that
-        # expired) it drops them, and an alert transition would never reach a staff app. To
-        # a broker without the session they are new messages; their packet ids stay reserved
-        # in gmqtt's id generator until acknowledged, so nothing new can reuse one.
-        handler._resend_qos_callback = _resend_elsewhere
-        handler._clear_qos_callback = _keep_unacknowledged
-        self.client.on_connect = self._handle_connect
-        self.client.on_disconnect = self._handle_disconnect
         self._fast = on_message_fast
         self._flush = on_flush
         self._wait_durable = wait_durable
@@ -225,17 +143,39 @@ class MqttLink:
         self._acks_due = asyncio.Event()
         self._slow: dict[asyncio.Future[object], int] = {}  # slow paths: acks each one owes
         self._slow_acks = 0
-        if on_message_fast is not None:
-            if wait_durable is None or on_flush is None:
-                raise ValueError("on_message_fast needs wait_durable and on_flush")
-            # gmqtt 0.8.0 (pinned) has no hook for this: take over its QoS 1 delivery
-            handler = self.client._package_handler
-            handler._handle_qos_1_publish_packet = self._deliver_qos1
-            self.client.on_message = self._deliver_qos0
+        self.client = new_client(
+            client_id, protocol=self._protocol, clean_start=clean_start,
+            session_expiry_s=session_expiry_s, receive_maximum=RECEIVE_MAXIMUM, will=will,
+            username=username, password=password,
+        )
+        self._hook_client(self.client)
+
+    def _hook_client(self, client: LinkClient) -> None:
+        """Hand the client's reconnects, resends and (with a fast handler) QoS 1 delivery to us.
+
+        Our unacknowledged QoS 1 publishes go out again on every CONNACK, in order, before
+        on_connected's own publishes (_handle_connect): gmqtt would resend them only after
+        on_connect, and only if the broker kept the session. To a broker without the session
+        they are new messages; their packet ids stay reserved until acknowledged.
+        """
+        client.on_lost = self._on_lost
+        client.watch_pubacks(self._on_puback)
+        client.keep_unacknowledged()
+        client.watch_connection(self._handle_connect, self._handle_disconnect)
+        if self._fast is not None:
+            client.deliver_messages_to(self._deliver_qos0, self._deliver_qos1)
+
+    def _on_puback(self, body: bytes) -> None:
+        # gmqtt ignores the reason code (MQTT 5 §3.4.2.1); a refusal must be seen
+        if mqtt_wire.puback_refused(body):
+            self.refused_publishes += 1
+        if self._held:
+            self._release_held()  # a packet id is free again
 
     @property
     def protocol_version(self) -> int:
-        return 5 if self._version == MQTTv50 else 3
+        """The MQTT version spoken: 5 or 3 (3.1.1)."""
+        return self._protocol
 
     async def connect(self, *, retry: bool = True) -> None:
         """Connect, retrying with jittered backoff while `retry`; `supervise()` keeps it up."""
@@ -247,15 +187,10 @@ class MqttLink:
                 if not retry:
                     raise MqttError(f"cannot reach {self._host}:{self._port}: {exc}") from exc
                 delay = next(self._backoff)
-                self._log.warning(
-                    "broker %s:%s unreachable (%s); retrying in %.1f s",
-                    self._host,
-                    self._port,
-                    exc or type(exc).__name__,
-                    delay,
-                )
+                self._log.warning("broker %s:%s unreachable (%s); retrying in %.1f s",
+                                  self._host, self._port, exc or type(exc).__name__, delay)
                 with contextlib.suppress(Exception):
-                    await self.client._disconnect()
+                    await self.client.drop_connection()
                 await asyncio.sleep(delay)
             except Exception as exc:
                 # gmqtt raises its own errors for refusals (bad credentials, not authorised)
@@ -265,13 +200,8 @@ class MqttLink:
         """One connection attempt: CONNACK, or the connection lost, or a timeout."""
         self._lost.clear()
         attempt = asyncio.ensure_future(
-            self.client.connect(
-                self._host,
-                self._port,
-                ssl=self._tls,
-                keepalive=self._keepalive,
-                version=self._version,
-            )
+            self.client.connect_to(self._host, self._port, tls=self._tls,
+                                   keepalive_s=self._keepalive, protocol=self._protocol)
         )
         lost = asyncio.ensure_future(self._lost.wait())
         try:
@@ -309,7 +239,7 @@ class MqttLink:
             if self.connected.is_set():
                 continue  # a late report about a connection already replaced
             with contextlib.suppress(Exception):  # the old connection is gone or going
-                await self.client._disconnect()
+                await self.client.drop_connection()
             delay = next(self._backoff)
             self._log.warning(
                 "disconnected from %s:%s; reconnecting in %.1f s", self._host, self._port, delay
@@ -321,37 +251,28 @@ class MqttLink:
                 self._log.error("%s", exc)
                 self._lost.set()
 
-    def _handle_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+    def _handle_connect(self, session_present: bool) -> None:
         self.connections += 1
         if self._fast is not None:
             self._install_reader()
-        self._backoff = backoff_delays()
-        session_present = bool(flags)
+        self._backoff = backoff_delays(INITIAL_BACKOFF_S, MAXIMUM_BACKOFF_S)
         if self._subscriptions:
-            subs = [gmqtt.Subscription(t, qos=1) for t in self._subscriptions]
-            self.client.subscribe(subs)
-        unacknowledged = self.client._persistent_storage.get_all()
+            self.client.subscribe_qos1(self._subscriptions)
+        unacknowledged = self.client.unacknowledged()
         for _mid, package in unacknowledged:
-            self.client._connection.send_package(package)
-        self.resent_topics = {_publish_topic(package) for _mid, package in unacknowledged}
+            self.client.send_raw(package)
+        self.resent_topics = {mqtt_wire.publish_topic(package) for _mid, package in unacknowledged}
         self._release_held()
         self.connected.set()
         if unacknowledged:
             self._log.info("sent %d unacknowledged publish(es) again (session %s)",
                            len(unacknowledged), "resumed" if session_present else "new")
-        self._log.info(
-            "connected to %s:%s (MQTT %s, session %s)",
-            self._host,
-            self._port,
-            self.protocol_version,
-            "resumed" if session_present else "new",
-        )
+        self._log.info("connected to %s:%s (MQTT %s, session %s)", self._host, self._port,
+                       self._protocol, "resumed" if session_present else "new")
         if self._on_connected:
             self._on_connected(session_present)
 
-    def _handle_disconnect(
-        self, client: Any, packet: Any, exc: BaseException | None = None
-    ) -> None:
+    def _handle_disconnect(self) -> None:
         self.connected.clear()
         self._on_lost()
 
@@ -377,20 +298,16 @@ class MqttLink:
             self._log.exception("message handler failed on %s", topic[:200])
             return None
 
-    def _deliver_qos0(
-        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
-    ) -> None:
-        result = self._run_fast(topic, payload, qos, bool(properties.get("retain", False)))
+    def _deliver_qos0(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        result = self._run_fast(topic, payload, qos, retain)
         if result is STAGED:
             self._flush_staged()  # nothing to acknowledge, but the work must be stored
         elif result is not None and not isinstance(result, int):
             self._track(asyncio.ensure_future(result), [], self.connections)
 
-    def _deliver_qos1(
-        self, mid: int, packet: bytes, topic: str, properties: dict[str, Any]
-    ) -> None:
+    def _deliver_qos1(self, mid: int, payload: bytes, topic: str, retain: int) -> None:
         # gmqtt's path: a PUBLISH with properties, or received before our reader was installed
-        self._deliver_qos1_plain(mid, packet, topic, properties.get("retain", 0))
+        self._deliver_qos1_plain(mid, payload, topic, retain)
         if self._staged:
             self._flush_staged()
 
@@ -422,73 +339,27 @@ class MqttLink:
             self._track(asyncio.ensure_future(result), mids, generation)
 
     def _install_reader(self) -> None:
-        """Parse this connection's QoS 1 PUBLISH packets ourselves (gmqtt 0.8.0 internals).
+        """Parse this connection's QoS 1 PUBLISH packets ourselves (`mqtt_wire.read_packets`).
 
         gmqtt turns every packet into a `Package`, routes it through three calls (one formats
         a debug line), and unpacks it with struct formats built per packet: a fifth of the
-        gateway's time at one reading per message. The reader below parses the stream the
-        same way, hands a plain QoS 1 PUBLISH (no properties, UTF-8 topic) straight to the
-        fast handler, and gives every other packet, and any PUBLISH it is unsure of, to
-        gmqtt unchanged.
+        gateway's time at one reading per message. The reader hands a plain QoS 1 PUBLISH (no
+        properties, UTF-8 topic) straight to the fast handler and gives every other packet,
+        and any PUBLISH it is unsure of, to gmqtt unchanged; once a read is parsed, the
+        messages it staged are flushed (also when the handler raised: they are stored).
         """
-        conn = self.client._connection
-        protocol = conn._protocol
-        handler = self.client._package_handler
-        plain_read = type(protocol)._read_packet.__get__(protocol)
-        put_package = conn.put_package
+        mqtt5 = self._protocol == 5
         deliver = self._deliver_qos1_plain
-        has_properties = self._version == MQTTv50
+        read_packets = mqtt_wire.read_packets
 
-        def read_packets(data: bytes) -> int:
-            if handler.current_connection is not conn:
-                return int(plain_read(data))  # superseded: gmqtt drops its packets
+        def read(data: bytes, to_gmqtt: PacketSink) -> int:
             try:
-                return parse(data)
+                return read_packets(data, mqtt5, deliver, to_gmqtt)
             finally:
                 if self._staged:
                     self._flush_staged()
 
-        def parse(data: bytes) -> int:
-            conn._last_data_in = time.monotonic()  # gmqtt's keepalive watches this
-            size = len(data)
-            parsed = 0
-            while size - parsed >= 2:
-                cmd = data[parsed]
-                i = parsed + 1
-                length = 0
-                shift = 0
-                while True:  # remaining length: a variable byte integer (≤ 4 bytes)
-                    if i >= size:
-                        return parsed
-                    byte = data[i]
-                    i += 1
-                    length |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        break
-                    shift += 7
-                    if shift > 21:
-                        return -1  # malformed: gmqtt's answer too (the connection resets)
-                end = i + length
-                if end > size:
-                    return parsed
-                parsed = end
-                if cmd & 0xF6 == 0x32 and length >= 5:  # PUBLISH, QoS 1 (any dup/retain)
-                    t1 = i + 2 + (data[i] << 8 | data[i + 1])
-                    start = t1 + 2 + has_properties
-                    if start <= end and not (has_properties and data[t1 + 2]):
-                        try:
-                            topic = data[i + 2 : t1].decode()
-                        except UnicodeDecodeError:
-                            pass
-                        else:
-                            if topic:
-                                mid = data[t1] << 8 | data[t1 + 1]
-                                deliver(mid, data[start:end], topic, cmd & 1)
-                                continue
-                put_package(Package(cmd, data[i:end]))
-            return parsed
-
-        protocol._read_packet = read_packets
+        self.client.install_reader(read)
 
     def _deliver_qos1_plain(self, mid: int, payload: bytes, topic: str, retain: int) -> None:
         result = self._run_fast(topic, payload, 1, bool(retain))
@@ -521,8 +392,7 @@ class MqttLink:
     def _puback(self, mid: int, generation: int) -> None:
         if generation != self.connections or not self.connected.is_set():
             return  # that connection is gone; the broker redelivers on the new one
-        handler = self.client._package_handler
-        handler._send_puback(mid)
+        self.client.send_puback(mid)
 
     async def ack_loop(self) -> None:
         """Acknowledge batches of messages once the spool has fsynced them (runs forever)."""
@@ -550,8 +420,7 @@ class MqttLink:
         """Acknowledge many messages in one socket write (4-byte PUBACKs, valid on 3.1.1 and 5)."""
         if not mids or not self.connected.is_set():
             return
-        data = b"".join(_PUBACK + mid.to_bytes(2, "big") for mid in mids)
-        self.client._connection.send_package(data)
+        self.client.send_raw(mqtt_wire.encode_pubacks(mids))
 
     async def cancel_slow(self) -> None:
         """Cancel slow-path handlers still running at shutdown (they are redelivered)."""
@@ -563,7 +432,7 @@ class MqttLink:
     @property
     def unacked_publishes(self) -> int:
         """Our QoS 1 publishes the broker has not acknowledged, or that wait for a packet id."""
-        return len(self.client._persistent_storage.get_all()) + len(self._held)
+        return len(self.client.unacknowledged()) + len(self._held)
 
     @property
     def held_publishes(self) -> int:
@@ -573,7 +442,7 @@ class MqttLink:
     async def publishes_acked(self) -> None:
         """Return once no publish of ours awaits the broker's acknowledgement or an id."""
         while True:
-            await self.client._persistent_storage.wait_empty()
+            await self.client.wait_acknowledged()
             if not self._held:
                 return
             await asyncio.sleep(HELD_RETRY_S)  # they go out on the next PUBACK or connect
@@ -586,9 +455,9 @@ class MqttLink:
         if self._held:  # behind those already waiting: per topic, order is state
             return self._hold(topic, payload, qos, retain)
         try:
-            self.client.publish(topic, payload, qos=qos, retain=retain)
+            self.client.send_publish(topic, payload, qos=qos, retain=retain)
             return True
-        except OverflowError:  # every packet id the broker allows is in flight
+        except NoPacketId:  # every packet id the broker allows is in flight
             return self._hold(topic, payload, qos, retain)
         except Exception as exc:  # noqa: BLE001 - a closed transport must never break the caller
             self._log.debug("publish to %s failed: %s", topic, exc)
@@ -611,7 +480,7 @@ class MqttLink:
         while held:
             topic, payload, qos, retain = held[0]
             try:
-                self.client.publish(topic, payload, qos=qos, retain=retain)
+                self.client.send_publish(topic, payload, qos=qos, retain=retain)
             except Exception:  # noqa: BLE001 - no id yet, or no connection: the next try
                 return
             held.popleft()
@@ -628,6 +497,6 @@ class MqttLink:
         self._lost.set()  # wakes the supervisor, which sees _closing and returns
         try:
             # also when not connected: marks the client inactive
-            await self.client.disconnect()
+            await self.client.leave()
         except OSError as exc:  # e.g. a TLS close_notify race: we are leaving anyway
             self._log.debug("disconnect from %s:%s: %s", self._host, self._port, exc)

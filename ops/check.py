@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 
 from core.config import Settings
-from gateway.mqtt import MqttError, MqttLink, make_ssl_context
+from gateway.mqtt import MqttError
+from gateway.mqtt_build import link_from_settings
 
 
 def _say(ok: bool, what: str, detail: str) -> str | None:
@@ -35,19 +36,12 @@ def _influx_error(status: int, body: str) -> str:
 async def _check_broker(s: Settings, timeout_s: float) -> str | None:
     b = s.broker
     try:
-        tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
-    except (OSError, ValueError) as exc:
-        return _say(False, "broker TLS", f"cannot load certificates: {exc}")
-    link = MqttLink(
-        client_id=f"cuffwatch-check-{uuid.uuid4().hex[:8]}",
-        host=b.host,
-        port=b.port,
-        protocol=b.protocol,
-        username=b.username,
-        password=b.secret_password(),
-        tls=tls,
-        clean_start=True,
-    )
+        link = link_from_settings(
+            b, client_id=f"cuffwatch-check-{uuid.uuid4().hex[:8]}", clean_start=True
+        )
+    except (OSError, ValueError) as exc:  # TLS files or the password file unreadable
+        what = "TLS certificates or password file" if b.tls else "password file"
+        return _say(False, "broker", f"{b.url}: cannot load the {what}: {exc}")
     try:
         await asyncio.wait_for(link.connect(retry=False), timeout_s)
     except (MqttError, TimeoutError) as exc:
