@@ -36,6 +36,7 @@ from pydantic import (
 
 from core.model import Limb
 from core.seq import SEQ_MODULUS
+from gateway.errors import GatewayError
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # SPEC §2: larger messages are rejected unread
 MAX_READINGS_PER_MESSAGE = 256
@@ -66,7 +67,7 @@ class RejectReason(enum.StrEnum):
     RETAINED = "retained"
 
 
-class Rejected(Exception):
+class Rejected(GatewayError):
     """A message refused at the boundary; `detail` is the human reason published on `rejected`."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:

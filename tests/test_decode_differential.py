@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz import load_corpus
 
+from core.seq import SEQ_MODULUS
 from gateway.decode import (
     MAX_READINGS_PER_MESSAGE,
     MAX_TS_MS,
-    SEQ_MODULUS,
     FastReadingIn,
     Rejected,
     decode_readings,

@@ -134,7 +134,7 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
         await stream.send(40)
         await stream.acked()
         await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
-        await wait_for(lambda: gw.pipeline.stats()["failed_batches"], what="a failed batch")
+        await wait_for(lambda: gw.pipeline.snapshot().failed_batches, what="a failed batch")
         await wait_for(lambda: dev.messages[status][-1][0] == b"degraded",
                        what="status degraded while InfluxDB is down")
         await asyncio.to_thread(influxdb.start)
@@ -254,7 +254,7 @@ async def test_corrupt_spool_tail_is_skipped_and_good_records_replayed(
     with segments[-1].open("ab") as fh:
         fh.write(b"\x00garbage after a torn write\xff" * 3)
     async with running_gateway(settings) as gw:
-        assert gw.spool.stats()["corrupt_records"] + gw.spool.stats()["truncated_bytes"] > 0
+        assert gw.spool.corrupt_records + gw.spool.truncated_bytes > 0
         await assert_every_reading_once(influxdb, "bfr", stream)
         assert gw.mqtt.connected.is_set()
 
@@ -389,7 +389,7 @@ _DEVICE_T0_MS = int(time.time() * 1000) - 5000
 
 def _message(gw: Any, seq: int) -> Any:
     reading = {"ts": _DEVICE_T0_MS + seq, "seq": seq, "pressure_mmhg": 120.0, "elapsed_s": 0.0}
-    return gw._on_message_fast("bfr/t1/cuffs/c1/telemetry", json.dumps(reading).encode(), 1,
+    return gw.on_message("bfr/t1/cuffs/c1/telemetry", json.dumps(reading).encode(), 1,
                                False)
 
 
@@ -401,16 +401,16 @@ async def test_a_message_of_duplicates_waits_for_its_originals_to_be_durable(
     gw = _staging_gateway(tmp_path)
     try:
         assert _message(gw, 1) is STAGED
-        original = gw._flush_stage()
+        original = gw.flush_stage()
         assert isinstance(original, int)
         # redelivered (a reconnect) before the original's record was fsynced: acknowledging
         # it now would let the broker forget a reading a crash could still lose
         assert _message(gw, 1) is STAGED
-        duplicate = gw._flush_stage()
+        duplicate = gw.flush_stage()
         assert isinstance(duplicate, int)
         assert duplicate >= original
         assert gw.spool.synced_position < duplicate
-        assert gw._flush_stage() is None  # nothing staged, nothing owed
+        assert gw.flush_stage() is None  # nothing staged, nothing owed
     finally:
         gw.spool.close()
 
@@ -424,11 +424,11 @@ async def test_records_the_spool_refuses_are_held_in_order_with_their_duplicates
     try:
         filler = gw.spool.append(b"x" * ((1 << 20) - 64))  # the cap is reached
         assert _message(gw, 1) is STAGED
-        held = asyncio.ensure_future(gw._flush_stage())  # refused: a coroutine holds it
+        held = asyncio.ensure_future(gw.flush_stage())  # refused: a coroutine holds it
         assert _message(gw, 1) is STAGED  # its duplicate: must not be acknowledged first
-        dup = asyncio.ensure_future(gw._flush_stage())
+        dup = asyncio.ensure_future(gw.flush_stage())
         assert _message(gw, 2) is STAGED  # a later reading queues behind the held one
-        later = asyncio.ensure_future(gw._flush_stage())
+        later = asyncio.ensure_future(gw.flush_stage())
         await asyncio.sleep(0.3)
         assert [f.done() for f in (held, dup, later)] == [False, False, False]
         assert gw.counters.backpressure_waits > 0
@@ -496,13 +496,13 @@ def test_the_topic_of_a_resent_publish_is_read_back_whatever_its_length(
     from gmqtt.mqtt.package import PublishPacket
     from gmqtt.mqtt.utils import IdGenerator
 
-    from gateway.mqtt import _publish_topic
+    from gateway.mqtt_wire import publish_topic
 
     topic = "bfr/t1/alerts/c-17_b/over_pressure"
     message = gmqtt.Message(topic, b"x" * payload_bytes, qos=1, retain=True)
     protocol = SimpleNamespace(proto_ver=MQTTv50, id_generator=IdGenerator())
     _mid, packet = PublishPacket.build_package(message, protocol)
-    assert _publish_topic(bytes(packet)) == topic
+    assert publish_topic(bytes(packet)) == topic
 
 
 async def test_publishes_past_the_brokers_receive_maximum_wait_their_turn_in_order(

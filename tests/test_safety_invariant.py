@@ -25,16 +25,20 @@ from hypothesis import strategies as st
 from test_alert_support import FakeClock
 
 from alerts.engine import AlertEngine
+from alerts.engine import Outcome as EngineOutcome
 from alerts.model import AlertKind, AlertState, Transition
 from core.config import Settings, load_settings
-from core.model import Limb, Severity
-from gateway.decode import decode_readings
+from core.model import Limb, Reading, Severity
+from core.params import RuleParams
+from gateway.handler import MessageHandler
+from gateway.metrics import Counters, RejectLog
 from gateway.state import Fleet
 
 T0_MS = 1_900_000_000_000  # true time of a history's start (2030)
 LATENCY_MS = 15  # broker hop: a message arrives this long after its last reading was taken
 # The oracle's allowance for "sustained": the 2 s window, plus the 1 s the invariant allows.
 SUSTAINED_MS = 3000
+TOPIC = "bfr/t1/cuffs/c1/telemetry"
 LIMBS = {  # limb: (LOP, hard ceiling) with the SPEC §7 limb defaults
     "left_arm": (160.0, 250.0),
     "left_leg": (220.0, 300.0),
@@ -173,34 +177,55 @@ class Outcome:
         )
 
 
+class RecordingEngine(AlertEngine):
+    """The real engine, noting each reading it is given (the ones dedup let through)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.judged: list[Reading] = []
+
+    def on_reading(self, r: Reading, p: RuleParams) -> EngineOutcome:
+        self.judged.append(r)
+        return super().on_reading(r, p)
+
+
 def replay(limb: str, history: History) -> None:
-    """Deliver every message through the gateway's path; check the oracle after each."""
+    """Deliver every message through the gateway's handler; check the oracle after each."""
     lop, hard = LIMBS[limb]
     settings = roster(limb)
     clock = FakeClock(T0_MS / 1000)
-    fleet, engine = Fleet(settings), AlertEngine(clock=clock)
-    state = fleet.lookup("t1", "c1")
+    counters = Counters()
+    engine = RecordingEngine(clock)
+    handler = MessageHandler(settings, fleet=Fleet(settings), engine=engine,
+                             counters=counters, rejects=RejectLog(counters))
     told = Outcome()
     seen: set[tuple[int, int, float, float]] = set()
     delivered: list[Delivered] = []
     for arrival_ms, message in history.messages:
         clock.t = max(clock.t, arrival_ms / 1000)
-        received_ms = int(clock.t * 1000)
         payload = json.dumps([r for r, _ in message]).encode()
+        engine.judged.clear()
+        actions = handler.handle(TOPIC, payload, False, clock.t)
+        assert actions.rejection is None, actions.rejection
+        handler.take_staged()
+        for t in actions.alerts:
+            if t.alert.kind is AlertKind.OVER_PRESSURE:
+                told.last = t
+        # the readings judged are the message's, in order, less those dedup dropped
+        judged = iter(engine.judged)
+        nxt = next(judged, None)
         over_ceiling = False
-        for raw, (reading, truth) in zip(decode_readings(payload), message, strict=True):
+        for reading, truth in message:
             key = (reading["seq"], reading["ts"], reading["pressure_mmhg"], reading["elapsed_s"])
-            if state.is_duplicate(raw.seq, raw.ts_ms(), raw.pressure_mmhg, raw.elapsed_s):
+            if nxt is not None and (nxt.seq, nxt.pressure_mmhg, nxt.elapsed_s) == (
+                    reading["seq"], reading["pressure_mmhg"], reading["elapsed_s"]):
+                delivered.append(truth)
+                seen.add(key)
+                over_ceiling = over_ceiling or reading["pressure_mmhg"] >= hard
+                nxt = next(judged, None)
+            else:
                 assert key in seen, f"a reading never seen before was dropped: {reading}"
-                continue
-            seen.add(key)
-            delivered.append(truth)
-            r = fleet.to_reading(state, raw, received_ms)
-            out = engine.on_reading(r, state.params(settings, r.athlete, r.limb))
-            for t in out.transitions:
-                if t.alert.kind is AlertKind.OVER_PRESSURE:
-                    told.last = t
-            over_ceiling = over_ceiling or reading["pressure_mmhg"] >= hard
+        assert nxt is None
         if over_ceiling:
             assert told.critical_out(), f"a reading ≥ {hard} mmHg raised no critical: {message}"
         if sustained_at_lop(delivered, arrival_ms, lop):
@@ -315,8 +340,9 @@ def _clean_session(limb: str, protocol: str, cadence: int, batch: int, offset_ms
         "cuffs": {"c1": {"athlete": "a1", "limb": limb}},
     }})
     clock = FakeClock(T0_MS / 1000)
-    fleet, engine = Fleet(settings), AlertEngine(clock=clock)
-    state = fleet.lookup("t1", "c1")
+    counters = Counters()
+    handler = MessageHandler(settings, fleet=Fleet(settings), engine=AlertEngine(clock=clock),
+                             counters=counters, rejects=RejectLog(counters))
     # a message at least every 5 s: a cuff silent for stale_after_s (10) while inflated is
     # rightly reported offline
     h = History(cadence_ms=cadence, batch=min(batch, 5000 // cadence), clock_offset_ms=offset_ms)
@@ -329,12 +355,14 @@ def _clean_session(limb: str, protocol: str, cadence: int, batch: int, offset_ms
     told: list[Transition] = []
     for arrival_ms, message in h.messages:
         clock.t = arrival_ms / 1000
-        told.extend(engine.tick())
+        told.extend(handler.tick())
         payload = json.dumps([r for r, _ in message]).encode()
-        for raw in decode_readings(payload):
-            assert not state.is_duplicate(raw.seq, raw.ts_ms(), raw.pressure_mmhg, raw.elapsed_s)
-            r = fleet.to_reading(state, raw, int(clock.t * 1000))
-            told.extend(engine.on_reading(r, state.params(settings, r.athlete, r.limb)).transitions)
+        actions = handler.handle(TOPIC, payload, False, clock.t)
+        assert actions.rejection is None
+        told.extend(actions.alerts)
+        handler.take_staged()
+    assert counters.duplicates == 0
+    assert counters.accepted == sum(len(m) for _, m in h.messages)
     return told
 
 

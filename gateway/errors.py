@@ -1,0 +1,7 @@
+"""The root of the gateway package's exceptions."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """The gateway could not do something: a message refused, the broker unreachable."""

@@ -1,0 +1,200 @@
+"""The gateway's decision core, driven directly: (topic, payload, retain, time) → Actions.
+
+No broker, no spool, no event loop: `MessageHandler` is synchronous and does no I/O, so
+each rule of what a message asks for (publish, reject, stage, store, acknowledge when) is
+checked here on its own. tests/test_durability.py and the e2e tests check the edge that
+carries the actions out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from test_alert_support import FakeClock
+
+from alerts.engine import AlertEngine
+from alerts.engine import Outcome as EngineOutcome
+from alerts.model import AlertKind, AlertState, Change
+from core.config import Settings, load_settings
+from core.model import CuffPhase, Reading, Severity
+from core.params import RuleParams
+from gateway.decode import RejectReason
+from gateway.handler import NOTHING_TO_DO, MessageHandler, Store
+from gateway.metrics import Counters, RejectLog
+from gateway.state import Fleet
+
+T0 = 1_900_000_000.0  # gateway clock, seconds
+TELEMETRY = "bfr/t1/cuffs/c1/telemetry"
+
+
+def _settings() -> Settings:
+    return load_settings(teams={"t1": {"cuffs": {"c1": {"athlete": "a1", "limb": "left_arm"},
+                                                 "c2": {"athlete": "a2", "limb": "left_arm"}}}})
+
+
+class _Rig:
+    def __init__(self, engine_cls: type[AlertEngine] = AlertEngine) -> None:
+        self.clock = FakeClock(T0)
+        self.settings = _settings()
+        self.counters = Counters()
+        self.fleet = Fleet(self.settings)
+        self.handler = MessageHandler(self.settings, fleet=self.fleet,
+                                      engine=engine_cls(clock=self.clock),
+                                      counters=self.counters, rejects=RejectLog(self.counters))
+
+    def send(self, topic: str, payload: bytes | dict[str, Any] | list[dict[str, Any]],
+             *, retain: bool = False) -> Any:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return self.handler.handle(topic, body, retain, self.clock.t)
+
+
+def reading(seq: int, pressure: float, *, elapsed: float = 10.0, dt_ms: int = 0) -> dict[str, Any]:
+    return {"ts": int(T0 * 1000) + seq * 100 + dt_ms, "seq": seq, "pressure_mmhg": pressure,
+            "elapsed_s": elapsed}
+
+
+def test_a_quiet_reading_is_staged_and_formatted_only_when_taken() -> None:
+    rig = _Rig()
+    actions = rig.send(TELEMETRY, reading(1, 120.0))
+    assert (actions.store, actions.alerts, actions.rejection) == (Store.STAGED, (), None)
+    assert rig.counters.accepted == 1
+    record = rig.handler.take_staged()
+    assert record is not None
+    assert not record.duplicates
+    [line] = record.lines
+    assert line.startswith("cuff_telemetry,")
+    assert " seq=1i," in line
+    assert rig.handler.take_staged() is None  # nothing staged since
+    state = rig.fleet.cuffs["c1"]
+    assert (state.phase, state.last_pressure, state.accepted) == (CuffPhase.INFLATED, 120.0, 1)
+
+
+def test_a_reading_over_the_ceiling_asks_for_a_critical_before_its_line_is_stored() -> None:
+    rig = _Rig()
+    actions = rig.send(TELEMETRY, [reading(1, 120.0), reading(2, 262.0)])
+    [t] = actions.alerts
+    assert (t.alert.kind, t.alert.severity, t.change) == (
+        AlertKind.OVER_PRESSURE, Severity.CRITICAL, Change.RAISED)
+    assert actions.store is Store.STAGED
+    record = rig.handler.take_staged()
+    assert record is not None
+    assert [line.split(",")[0] for line in record.lines] == [
+        "cuff_telemetry", "cuff_telemetry", "alert"]
+
+
+def test_a_redelivery_is_dropped_and_marks_the_record_as_owing_its_originals() -> None:
+    rig = _Rig()
+    rig.send(TELEMETRY, reading(1, 120.0))
+    assert rig.handler.take_staged() is not None
+    again = rig.send(TELEMETRY, reading(1, 120.0))
+    assert again.store is Store.STAGED  # acknowledged only once its original is durable
+    record = rig.handler.take_staged()
+    assert record is not None
+    assert (record.lines, record.duplicates) == ([], True)
+    assert (rig.counters.duplicates, rig.counters.accepted) == (1, 1)
+
+
+def test_a_restarted_cuff_is_new_data_not_a_duplicate() -> None:
+    rig = _Rig()
+    rig.send(TELEMETRY, reading(0, 120.0))
+    actions = rig.send(TELEMETRY, reading(0, 300.0, elapsed=1.0, dt_ms=5000))
+    assert [t.alert.severity for t in actions.alerts
+            if t.alert.kind is AlertKind.OVER_PRESSURE] == [Severity.CRITICAL]
+    assert not [t for t in actions.alerts if t.alert.kind is AlertKind.SENSOR_FAULT]
+    assert rig.counters.duplicates == 0
+
+
+@pytest.mark.parametrize(("topic", "payload", "retain", "reason"), [
+    (TELEMETRY, reading(1, 300.0), True, RejectReason.RETAINED),
+    ("bfr/t1/cuffs/nobody/telemetry", reading(1, 120.0), False, RejectReason.UNKNOWN_CUFF),
+    ("bfr/t9/cuffs/c9/telemetry", reading(1, 120.0), False, RejectReason.UNKNOWN_TEAM),
+    ("bfr/t9/cuffs/c1/telemetry", reading(1, 120.0), False, RejectReason.WRONG_TEAM),
+    (TELEMETRY, b'{"seq": -1}', False, RejectReason.INVALID_READING),
+    ("bfr/t1/alerts/c1/over_pressure/ack", b"", True, RejectReason.RETAINED),
+    ("bfr/t1/cuffs/c1/assignment", b'{"athlete": 7}', False, RejectReason.INVALID_ASSIGNMENT),
+])
+def test_bad_input_is_rejected_counted_and_acknowledged_at_once(
+    topic: str, payload: Any, retain: bool, reason: RejectReason,
+) -> None:
+    rig = _Rig()
+    actions = rig.send(topic, payload, retain=retain)
+    assert actions.rejection is not None
+    assert actions.rejection.reason is reason
+    assert (actions.store, actions.alerts) == (Store.NOTHING, ())
+    assert rig.counters.rejected_by_reason[reason] == rig.counters.rejected == 1
+    assert rig.handler.take_staged() is None
+    assert rig.counters.accepted == 0
+
+
+def test_an_invalid_id_in_a_topic_is_counted_and_a_foreign_topic_ignored() -> None:
+    rig = _Rig()
+    assert rig.send("bfr/t1/cuffs/c 1/telemetry", reading(1, 1.0)) is NOTHING_TO_DO
+    assert rig.counters.rejected_by_reason[RejectReason.BAD_TOPIC] == 1
+    assert rig.send("bfr/t1/cuffs/c1/telemetry/extra", reading(1, 1.0)) is NOTHING_TO_DO
+    assert rig.send("elsewhere/t1/cuffs/c1/telemetry", reading(1, 1.0)) is NOTHING_TO_DO
+    assert (rig.counters.rejected, rig.counters.accepted) == (1, 0)
+
+
+def test_an_ack_silences_and_is_stored_as_a_record_of_its_own() -> None:
+    rig = _Rig()
+    rig.send(TELEMETRY, reading(1, 262.0))
+    rig.handler.take_staged()
+    actions = rig.send("bfr/t1/alerts/c1/over_pressure/ack", {"by": "coach"})
+    [t] = actions.alerts
+    assert (t.change, t.alert.state, t.alert.acknowledged_by) == (
+        Change.ACKNOWLEDGED, AlertState.ACKNOWLEDGED, "coach")
+    assert actions.store is Store.LINES
+    assert [line.split(",")[0] for line in actions.lines] == ["alert"]
+    assert rig.send("bfr/t1/alerts/c2/over_pressure/ack", b"") is NOTHING_TO_DO  # nothing open
+
+
+def test_offline_while_inflated_raises_cuff_offline_and_an_assignment_only_changes_state() -> None:
+    rig = _Rig()
+    rig.send(TELEMETRY, reading(1, 120.0))
+    rig.handler.take_staged()
+    actions = rig.send("bfr/t1/cuffs/c1/status", b"offline")
+    assert [t.alert.kind for t in actions.alerts] == [AlertKind.CUFF_OFFLINE]
+    assert actions.store is Store.LINES
+    assert rig.fleet.cuffs["c1"].phase is CuffPhase.OFFLINE
+    assigned = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "a7", "limb": "right_leg"})
+    assert assigned is NOTHING_TO_DO
+    assert (rig.fleet.cuffs["c1"].athlete, rig.fleet.cuffs["c1"].limb.value) == ("a7", "right_leg")
+
+
+class _BrokenEngine(AlertEngine):
+    def on_reading(self, r: Reading, p: RuleParams) -> EngineOutcome:
+        if r.seq >= 13:
+            raise RuntimeError("a bug")
+        return super().on_reading(r, p)
+
+
+def test_a_bug_costs_its_message_not_what_was_staged_before_it() -> None:
+    rig = _Rig(_BrokenEngine)
+    rig.send(TELEMETRY, reading(1, 120.0))
+    broken = rig.send(TELEMETRY, reading(13, 120.0))
+    assert broken.store is Store.STAGED  # acknowledged with the record of what came before
+    assert rig.counters.internal_errors == 1
+    record = rig.handler.take_staged()
+    assert record is not None
+    assert len(record.lines) == 1
+    assert rig.send(TELEMETRY, reading(14, 120.0)) is NOTHING_TO_DO  # nothing staged: ack now
+
+
+def test_tick_marks_a_silent_inflated_cuff_stale() -> None:
+    rig = _Rig()
+    rig.send(TELEMETRY, reading(1, 120.0))
+    stale_after = rig.fleet.cuffs["c1"].params(rig.settings, "a1",
+                                               rig.fleet.cuffs["c1"].limb).stale_after_s
+
+    def phase() -> CuffPhase:
+        return rig.fleet.cuffs["c1"].phase
+
+    rig.clock.t = T0 + stale_after - 0.1
+    assert rig.handler.tick() == ()
+    assert phase() is CuffPhase.INFLATED
+    rig.clock.t = T0 + stale_after
+    [offline] = rig.handler.tick()  # the same rule raises cuff_offline
+    assert offline.alert.kind is AlertKind.CUFF_OFFLINE
+    assert phase() is CuffPhase.STALE
