@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from rich.text import Text
 
 from alerts.console import ConsoleNotifier, format_transition
 from alerts.model import Transition
+from alerts.notify import RouteStats
 from core.config import Settings, load_settings
 from core.model import CuffPhase, Severity
 from gateway.app import Gateway
@@ -72,6 +74,16 @@ class SquadTable:
         line = format_transition(transition)
         line.no_wrap, line.overflow = True, "ellipsis"  # a wrapped line garbles the live view
         self.recent.append(line)
+
+    async def run(self) -> None:
+        """Nothing to run: `rich.live` redraws the table from the gateway's state."""
+
+    async def aclose(self) -> None:
+        """Nothing queued to drop."""
+
+    def stats(self) -> Mapping[str, RouteStats]:
+        """No delivery routes, so no counters."""
+        return {}
 
     def __rich__(self) -> Group:
         table = Table(title="cuffwatch demo — squad live", title_justify="left", expand=False)
@@ -178,8 +190,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
     gw = Gateway(settings)
     table = SquadTable(gw)
     interactive = console.is_terminal
-    notifiers: list[Any] = [table] if interactive else [ConsoleNotifier(console)]
-    gw.notifiers.extend(notifiers)
+    gw.add_notifier(table if interactive else ConsoleNotifier(console))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
