@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.errors import CoreError
 from core.model import Limb, Protocol, Severity
 from core.params import RuleParams
 
@@ -35,7 +36,7 @@ Ident = Annotated[str, Field(pattern=ID_PATTERN)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
-class ConfigError(Exception):
+class ConfigError(CoreError):
     """The configuration is invalid; `problems` holds one human line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -361,12 +362,6 @@ class Settings(BaseSettings):
             return self.alerts
         merged = _deep_merge(self.alerts.model_dump(), overrides)
         return AlertSettings.model_validate(merged)
-
-    def cuff_team(self, cuff_id: str) -> str | None:
-        for team_id, team in self.teams.items():
-            if cuff_id in team.cuffs:
-                return team_id
-        return None
 
     def rule_params(
         self,

@@ -6,6 +6,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from core.errors import CoreError
+
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -25,7 +27,7 @@ class ParsedTopic:
     alert_kind: str | None = None
 
 
-class BadTopic(ValueError):
+class BadTopic(CoreError, ValueError):
     """A topic under our root that does not name a valid team and cuff."""
 
 
@@ -125,7 +127,3 @@ def _check_id(value: str) -> str:
     if _ID_RE.fullmatch(value) is None:
         raise BadTopic(f"invalid id {value[:80]!r} in topic")
     return value
-
-
-def valid_id(value: str) -> bool:
-    return _ID_RE.fullmatch(value) is not None

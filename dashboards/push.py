@@ -20,18 +20,15 @@ from grafana_client.client import GrafanaClientError, GrafanaException
 
 from core.config import Settings
 from dashboards.catalog import DashboardFile, dashboard_files
+from dashboards.errors import GrafanaPushError
 
-__all__ = ["PushError", "PushResult", "push", "push_command"]
+__all__ = ["GrafanaPushError", "PushResult", "push", "push_command"]
 
 TOKEN_ENV = "GRAFANA_TOKEN"  # noqa: S105 - the variable holding the service-account token
 URL_ENV = "GRAFANA_URL"
 PUSH_TIMEOUT_S = 30.0  # one dashboard save; Grafana answers in milliseconds when healthy
 COMMIT_MESSAGE = "cuffwatch dashboards push"
 HTTP_NOT_FOUND = 404
-
-
-class PushError(Exception):
-    """Grafana refused a request or could not be reached; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +48,10 @@ def _load_built(files: Sequence[DashboardFile], out_dir: Path) -> list[Dashboard
         try:
             model = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise PushError(f"{path}: missing; run `cuffwatch dashboards build` first") from None
+            raise GrafanaPushError(
+                f"{path}: missing; run `cuffwatch dashboards build` first") from None
         except ValueError as exc:
-            raise PushError(f"{path}: not valid JSON: {exc}") from None
+            raise GrafanaPushError(f"{path}: not valid JSON: {exc}") from None
         loaded.append(replace(f, model=model))
     return loaded
 
@@ -101,7 +99,7 @@ def push(files: Sequence[DashboardFile], grafana_url: str, token: str) -> PushRe
             )
             saved.append(f.uid)
     except GrafanaException as exc:
-        raise PushError(f"Grafana at {grafana_url}: {exc}") from None
+        raise GrafanaPushError(f"Grafana at {grafana_url}: {exc}") from None
     finally:
         api.client.s.close()
     return PushResult(tuple(created), tuple(renamed), tuple(saved))
@@ -126,7 +124,7 @@ def push_command(
         if out_dir is not None:
             files = _load_built(files, out_dir)
         result = push(files, url, secret)
-    except (PushError, ValueError) as exc:
+    except (GrafanaPushError, ValueError) as exc:
         print(f"dashboards push: {exc}", file=sys.stderr)
         return 1
     for uid in result.folders_created:

@@ -27,6 +27,7 @@ from typing import Literal
 
 from core.config import Settings
 from core.topics import Topics
+from ops.errors import OpsError
 
 __all__ = [
     "DEFAULT_GATEWAY_USER",
@@ -80,7 +81,7 @@ _TOML_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 Access = Literal["read", "write", "readwrite"]
 
 
-class BrokerAuthError(Exception):
+class BrokerAuthError(OpsError):
     """The roster or the credentials cannot produce broker files; the message says why."""
 
 

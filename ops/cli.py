@@ -13,7 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from alerts.errors import AlertsError
 from core.config import ConfigError, Settings, load_settings
+from core.errors import CoreError
+from dashboards.errors import DashboardsError
+from gateway.errors import GatewayError
+from ingest.errors import IngestError
+from ops.errors import OpsError
+from sim.errors import SimulationError
 
 log = logging.getLogger("cuffwatch")
 
@@ -86,7 +93,7 @@ PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBAC
 REFUSAL_GRACE_S = 0.3  # Mosquitto drops a client right after acking a publish its ACL denies
 
 
-class PublishError(Exception):
+class PublishError(OpsError):
     """assign/ack: the broker is unreachable, refused us, or did not take the message."""
 
 
@@ -100,20 +107,12 @@ async def _publish_once(
     """
     import uuid
 
-    from gateway.mqtt import MqttError, MqttLink, make_ssl_context
+    from gateway.mqtt import MqttError
+    from gateway.mqtt_build import link_from_settings
 
-    b = settings.broker
-    tls = make_ssl_context(b.ca_file, b.cert_file, b.key_file) if b.tls else None
-    link = MqttLink(
-        client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}",
-        host=b.host,
-        port=b.port,
-        protocol=b.protocol,
-        username=username or b.username,
-        password=b.secret_password(),
-        tls=tls,
+    link = link_from_settings(
+        settings.broker, client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}", username=username,
         clean_start=True,
-        session_expiry_s=3600,
     )
     try:
         await link.connect(retry=False)
@@ -121,8 +120,7 @@ async def _publish_once(
         raise PublishError(str(exc)) from None
     try:
         link.publish(topic, payload, qos=1, retain=retain)
-        storage = link.client._persistent_storage
-        await asyncio.wait_for(storage.wait_empty(), PUBLISH_ACK_TIMEOUT_S)
+        await asyncio.wait_for(link.publishes_acked(), PUBLISH_ACK_TIMEOUT_S)
         # MQTT 5 says no in the PUBACK; on 3.1.1 Mosquitto only drops the connection
         if link.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
             # Mosquitto disconnects a client after a publish its ACL denies
@@ -383,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Each package's exception root: what a command could not do, said in one line. Anything
+# else is a bug and keeps its traceback.
+ERROR_ROOTS: tuple[type[Exception], ...] = (
+    CoreError, AlertsError, IngestError, GatewayError, DashboardsError, SimulationError, OpsError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, quiet=args.command in QUIET_COMMANDS)
@@ -390,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ERROR_ROOTS as exc:
+        print(f"cuffwatch {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

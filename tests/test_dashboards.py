@@ -39,7 +39,7 @@ from dashboards.influxql import (
     dump_dashboard,
     load_dashboard,
 )
-from dashboards.push import PushError, push, push_command
+from dashboards.push import GrafanaPushError, push, push_command
 from ingest.lineproto import line
 from ops.cli import build_parser
 
@@ -897,9 +897,9 @@ def test_push_renames_a_folder_whose_team_was_renamed(one_team: list[DashboardFi
 
 
 def test_push_reports_grafana_refusing_the_token(one_team: list[DashboardFile]) -> None:
-    """401 from Grafana becomes one PushError line."""
+    """401 from Grafana becomes one GrafanaPushError line."""
     recorded = contract("unauthorized")
-    with ContractStub(recorded) as stub, pytest.raises(PushError, match="Unauthorized"):
+    with ContractStub(recorded) as stub, pytest.raises(GrafanaPushError, match="Unauthorized"):
         push(one_team, stub.url, recorded["token"])
     stub.check()
 
