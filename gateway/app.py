@@ -104,6 +104,8 @@ class Gateway:
             on_connected=self._on_lane_connected,
             logger=logging.getLogger("cuffwatch.gateway.alert_link"),
         )
+        assert self.mqtt.inbound is not None  # a link with a fast handler receives
+        self.inbound = self.mqtt.inbound
         self.delivery = AlertDelivery(self.topics, self.counters, self.notifiers,
                                       data_link=self.mqtt, lane=self.alert_link)
 
@@ -132,7 +134,7 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.pipeline.run(), name="cuffwatch.ingest")
-                tg.create_task(self.mqtt.ack_loop(), name="cuffwatch.ack_loop")
+                tg.create_task(self.inbound.ack_loop(), name="cuffwatch.ack_loop")
                 for n in self.notifiers:
                     tg.create_task(n.run(), name=f"cuffwatch.notify[{type(n).__name__}]")
                 connecting = tg.create_task(self.mqtt.connect(), name="cuffwatch.connect")
@@ -167,9 +169,9 @@ class Gateway:
         log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                while self.mqtt.pending_acks or self.mqtt.busy or self.hold.busy:  # noqa: ASYNC110
+                while self.inbound.pending_acks or self.inbound.busy or self.hold.busy:  # noqa: ASYNC110
                     await asyncio.sleep(DRAIN_POLL_S)
-        await self.mqtt.cancel_slow()
+        await self.inbound.cancel_slow()
         if self._timer_lines:
             lines, self._timer_lines = self._timer_lines, []
             with contextlib.suppress(SpoolFull):
@@ -315,9 +317,10 @@ class Gateway:
             unacked_messages=float(self.mqtt.pending_acks),
             broker_connected=float(self.mqtt.connected.is_set()),
             alert_link_connected=float(self.alert_link.connected.is_set()),
-            mqtt_held_publishes=float(self.mqtt.held_publishes + self.alert_link.held_publishes),
-            mqtt_dropped_publishes=float(self.mqtt.dropped_publishes
-                                         + self.alert_link.dropped_publishes),
+            mqtt_held_publishes=float(self.mqtt.outbound.held_publishes
+                                      + self.alert_link.outbound.held_publishes),
+            mqtt_dropped_publishes=float(self.mqtt.outbound.dropped_publishes
+                                         + self.alert_link.outbound.dropped_publishes),
         )
         return out
 

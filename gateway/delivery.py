@@ -85,8 +85,8 @@ class AlertDelivery:
             log.error("alert connection refused (%s); alerts go out on the data connection",
                       exc)
             return
-        while self.data_link.unacked_publishes:
-            await self.data_link.publishes_acked()
+        while self.data_link.outbound.unacked_publishes:
+            await self.data_link.outbound.publishes_acked()
         self.link = self.lane
         await self.lane.supervise()
 
@@ -98,7 +98,8 @@ class AlertDelivery:
         # without persistence). The link has resent what was unacknowledged, in order (each
         # such topic's last publish is its latest state); every other alert topic's latest
         # state goes out once more so the retained store ends right.
-        again = {t: p for t, p in self._retained.items() if t not in self.lane.resent_topics}
+        resent = self.lane.outbound.resent_topics
+        again = {t: p for t, p in self._retained.items() if t not in resent}
         log.warning("alert connection came back without its session; republishing %d "
                     "alert topic(s)", len(again))
         for topic, payload in again.items():

@@ -120,9 +120,9 @@ async def _publish_once(
         raise PublishError(str(exc)) from None
     try:
         link.publish(topic, payload, qos=1, retain=retain)
-        await asyncio.wait_for(link.publishes_acked(), PUBLISH_ACK_TIMEOUT_S)
+        await asyncio.wait_for(link.outbound.publishes_acked(), PUBLISH_ACK_TIMEOUT_S)
         # MQTT 5 says no in the PUBACK; on 3.1.1 Mosquitto only drops the connection
-        if link.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
+        if link.outbound.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
             # Mosquitto disconnects a client after a publish its ACL denies
             raise PublishError(f"the broker refused the publish to {topic} (not authorised?)")
     except TimeoutError:

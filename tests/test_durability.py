@@ -466,11 +466,11 @@ async def test_publishes_a_broker_never_acknowledged_go_out_again_on_a_new_sessi
     await link.connect(retry=False)
     try:
         assert link.publish(topic, b"firing", retain=True)
-        await asyncio.wait_for(link.publishes_acked(), 10)
+        await asyncio.wait_for(link.outbound.publishes_acked(), 10)
         broker.pause()  # what follows stays in the broker's socket, never acknowledged
         assert link.publish(topic, b"resolved")
         assert link.publish(topic, b"", retain=True)
-        assert link.unacked_publishes == 2
+        assert link.outbound.unacked_publishes == 2
         broker.kill()  # lost with the process: those two, and (below) every session
         shutil.rmtree(broker.persistence_dir)
         broker.start()
@@ -478,7 +478,7 @@ async def test_publishes_a_broker_never_acknowledged_go_out_again_on_a_new_sessi
             await staff.subscribe("bfr/t1/alerts/#")
             await wait_for(lambda: not link.connected.is_set(), what="link saw the loss")
             await link.connect(retry=False)
-            await wait_for(lambda: link.unacked_publishes == 0, what="resent ones acked")
+            await wait_for(lambda: link.outbound.unacked_publishes == 0, what="resent ones acked")
             await wait_for(lambda: len(staff.messages[topic]) == 2, what="both delivered")
         assert staff.messages[topic] == [(b"resolved", False), (b"", False)]
     finally:
@@ -522,10 +522,10 @@ async def test_publishes_past_the_brokers_receive_maximum_wait_their_turn_in_ord
             await staff.subscribe("bfr/t1/alerts/#")
             for i in range(100):  # no await between: the window fills at once
                 link.publish(topic, str(i).encode())
-            assert link.held_publishes > 0
-            await wait_for(lambda: link.unacked_publishes == 0, what="all acknowledged")
+            assert link.outbound.held_publishes > 0
+            await wait_for(lambda: link.outbound.unacked_publishes == 0, what="all acknowledged")
             await wait_for(lambda: len(staff.messages[topic]) >= 100, what="all delivered")
         assert [p for p, _ in staff.messages[topic]] == [str(i).encode() for i in range(100)]
-        assert link.dropped_publishes == 0
+        assert link.outbound.dropped_publishes == 0
     finally:
         await link.disconnect()
