@@ -70,43 +70,33 @@ def ulid_factory() -> Callable[[int], str]:
     return new_id
 
 
+@dataclass(slots=True, eq=False, kw_only=True)
 class _Tracked:
     """One alert's live record; `snapshot()` freezes it into the published `Alert`."""
 
-    __slots__ = (
-        "ack_at", "acknowledged_by", "athlete", "critical_since", "cuff", "escalated", "fresh",
-        "id", "kind", "limb", "message", "note", "pushed", "resolved_at", "row", "severity",
-        "started_at_ms", "state", "team", "threshold", "unit", "updated_at_ms", "value",
-    )
-
-    def __init__(
-        self, *, id: str, team: str, cuff: str, athlete: str, limb: str, kind: AlertKind,
-        severity: Severity, row: Row | None, value: float | None, threshold: float | None,
-        unit: str | None, at_ms: int, now: float,
-    ) -> None:
-        self.id = id
-        self.team = team
-        self.cuff = cuff
-        self.athlete = athlete
-        self.limb = limb
-        self.kind = kind
-        self.severity = severity
-        self.row = row  # None: restored, row not yet known
-        self.state = _FIRING
-        self.value = value
-        self.threshold = threshold
-        self.unit = unit
-        self.message = ""  # only for a restored alert, until its row is known
-        self.started_at_ms = at_ms
-        self.updated_at_ms = at_ms
-        self.acknowledged_by: str | None = None
-        self.escalated = False
-        self.ack_at: float | None = None  # clock of the last ack
-        self.resolved_at = 0.0
-        self.critical_since = now  # escalation timer start
-        self.fresh = True  # the evidence is live, not backlog: may escalate
-        self.pushed = True  # the firing state went to phones (False: raised from backlog)
-        self.note: str | None = None
+    id: str
+    team: str
+    cuff: str
+    athlete: str
+    limb: str
+    kind: AlertKind
+    severity: Severity
+    row: Row | None  # None: restored, row not yet known
+    value: float | None
+    threshold: float | None
+    unit: str | None
+    started_at_ms: int
+    updated_at_ms: int
+    critical_since: float  # escalation timer start
+    state: AlertState = _FIRING
+    message: str = ""  # only for a restored alert, until its row is known
+    acknowledged_by: str | None = None
+    escalated: bool = False
+    ack_at: float | None = None  # clock of the last ack
+    resolved_at: float = 0.0
+    fresh: bool = True  # the evidence is live, not backlog: may escalate
+    pushed: bool = True  # the firing state went to phones (False: raised from backlog)
+    note: str | None = None
 
     def touch(self, at_ms: int) -> None:
         # strictly after the previous change: every state change is its own `alert` point
@@ -301,27 +291,23 @@ class AlertEngine:
         if alert.kind in c.alerts:
             return
         now = self._clock()
+        # a retained message's times are not trusted either: one in the year 9999 would stamp
+        # every later change of this alert there (touch() only moves forward)
+        now_ms = round(now * 1000)
+        # only live evidence escalates (fresh); cuff_offline is about now, the others await a
+        # reading. A retained message proves nothing (a stale copy, or a forgery where the
+        # broker's ACLs are loose): the first live verdict of its kind publishes the alert as
+        # it then stands, firing and pushed, whatever state the message claimed (see _judge).
+        offline = alert.kind is AlertKind.CUFF_OFFLINE
         t = _Tracked(
             id=alert.id, team=alert.team, cuff=alert.cuff, athlete=alert.athlete,
             limb=alert.limb, kind=alert.kind, severity=alert.severity, row=None,
             value=alert.value, threshold=alert.threshold, unit=alert.unit,
-            at_ms=alert.started_at_ms, now=now,
+            started_at_ms=min(alert.started_at_ms, now_ms),
+            updated_at_ms=min(alert.updated_at_ms, now_ms), critical_since=now,
+            state=alert.state, message=alert.message, acknowledged_by=alert.acknowledged_by,
+            escalated=alert.escalated, fresh=offline, pushed=offline,
         )
-        # a retained message's times are not trusted either: one in the year 9999 would stamp
-        # every later change of this alert there (touch() only moves forward)
-        now_ms = round(now * 1000)
-        t.started_at_ms = min(alert.started_at_ms, now_ms)
-        t.updated_at_ms = min(alert.updated_at_ms, now_ms)
-        t.message = alert.message
-        t.state = alert.state
-        t.acknowledged_by = alert.acknowledged_by
-        t.escalated = alert.escalated
-        # only live evidence escalates; cuff_offline is about now, the others await a reading
-        t.fresh = alert.kind is AlertKind.CUFF_OFFLINE
-        # A retained message proves nothing (a stale copy, or a forgery where the broker's
-        # ACLs are loose): the first live verdict of its kind publishes the alert as it then
-        # stands, firing and pushed, whatever state the message claimed (see _judge).
-        t.pushed = alert.kind is AlertKind.CUFF_OFFLINE
         if alert.kind is AlertKind.SENSOR_FAULT:
             c.ev.fault_floor = now
         c.alerts[alert.kind] = t
@@ -395,11 +381,9 @@ class AlertEngine:
             t = _Tracked(
                 id=self._new_id(at_ms), team=ev.team, cuff=ev.cuff, athlete=ev.athlete,
                 limb=ev.limb, kind=kind, severity=severity, row=row, value=j.value,
-                threshold=j.threshold, unit=row.unit, at_ms=at_ms, now=now,
+                threshold=j.threshold, unit=row.unit, started_at_ms=at_ms, updated_at_ms=at_ms,
+                critical_since=now, fresh=push, pushed=push, note=j.note,
             )
-            t.fresh = push
-            t.pushed = push
-            t.note = j.note
             c.alerts[kind] = t
             self._tracked[t.id] = t
             if ev.bout is not None:

@@ -10,6 +10,7 @@ built-in annotation datasource only.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from grafana_foundation_sdk.cog import builder as cogbuilder
@@ -46,47 +47,21 @@ def datasource_ref() -> dashboard.DataSourceRef:
 # Grafana 11 stores an annotation's target as an ordinary query of the annotation's
 # datasource, so this one class serves panels (a Dataquery) and annotations (where the
 # SDK expects its AnnotationTarget, typed for the built-in datasource only).
+@dataclass(eq=False, kw_only=True)
 class InfluxQLQuery(cogvariants.Dataquery, dashboard.AnnotationTarget):
     """One raw InfluxQL query as Grafana's InfluxDB datasource stores it."""
 
-    ref_id: str
-    query: str
-    raw_query: bool
-    result_format: ResultFormat
-    alias: str | None
-    hide: bool | None
-    datasource: dashboard.DataSourceRef | None
-    from_annotations: bool | None
-    title_column: str | None
-    text_column: str | None
-    tags_column: str | None
-
-    def __init__(
-        self,
-        *,
-        ref_id: str = "",
-        query: str = "",
-        raw_query: bool = True,
-        result_format: ResultFormat = "time_series",
-        alias: str | None = None,
-        hide: bool | None = None,
-        datasource: dashboard.DataSourceRef | None = None,
-        from_annotations: bool | None = None,
-        title_column: str | None = None,
-        text_column: str | None = None,
-        tags_column: str | None = None,
-    ) -> None:
-        self.ref_id = ref_id
-        self.query = query
-        self.raw_query = raw_query
-        self.result_format = result_format
-        self.alias = alias
-        self.hide = hide
-        self.datasource = datasource
-        self.from_annotations = from_annotations
-        self.title_column = title_column
-        self.text_column = text_column
-        self.tags_column = tags_column
+    ref_id: str = ""
+    query: str = ""
+    raw_query: bool = True
+    result_format: ResultFormat = "time_series"
+    alias: str | None = None
+    hide: bool | None = None
+    datasource: dashboard.DataSourceRef | None = None
+    from_annotations: bool | None = None
+    title_column: str | None = None
+    text_column: str | None = None
+    tags_column: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The query as Grafana's dashboard JSON holds it."""

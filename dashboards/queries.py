@@ -57,16 +57,23 @@ class Queries:
             "WHERE $timeFilter"
         )
 
+    def _series(self, select: str, measurement: str, bucket: str, tag: str) -> str:
+        """`select` from `measurement` for the team's chosen athletes, per `bucket` and `tag`."""
+        return (
+            f"SELECT {select} FROM {self.source(measurement)} "
+            f"WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
+            f'GROUP BY time({bucket}), "{tag}" fill(none)'
+        )
+
     def pressure(self, tolerance: float) -> str:
         """Mean pressure and target ± tolerance per interval and limb."""
         tol = num(tolerance)
-        return (
-            'SELECT mean("pressure_mmhg") AS "pressure", mean("target_mmhg") AS "target", '
+        select = (
+            'mean("pressure_mmhg") AS "pressure", mean("target_mmhg") AS "target", '
             f'mean("target_mmhg") - {tol} AS "band_low", '
-            f'mean("target_mmhg") + {tol} AS "band_high" '
-            f"FROM {self.source('cuff_telemetry')} WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            'GROUP BY time($__interval), "limb" fill(none)'
+            f'mean("target_mmhg") + {tol} AS "band_high"'
         )
+        return self._series(select, "cuff_telemetry", "$__interval", "limb")
 
     def elapsed(self) -> str:
         """The latest elapsed_s per limb."""
@@ -95,35 +102,23 @@ class Queries:
 
     def bouts_per_day(self) -> str:
         """Finished bouts per UTC day and athlete."""
-        return (
-            f'SELECT count("duration_s") AS "bouts" FROM {self.source("occlusion_bout")} '
-            f"WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            'GROUP BY time(1d), "athlete" fill(none)'
-        )
+        return self._series('count("duration_s") AS "bouts"', "occlusion_bout", "1d", "athlete")
 
     def minutes_per_week(self) -> str:
         """Occlusion minutes per Monday-based UTC week and athlete."""
-        return (
-            f'SELECT sum("duration_s") / 60 AS "minutes" FROM {self.source("occlusion_bout")} '
-            f"WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            f'GROUP BY time(7d, {WEEK_OFFSET}), "athlete" fill(none)'
+        return self._series(
+            'sum("duration_s") / 60 AS "minutes"', "occlusion_bout", f"7d, {WEEK_OFFSET}", "athlete"
         )
 
     def in_band_per_day(self) -> str:
         """Mean time_in_band_pct per UTC day and athlete."""
-        return (
-            'SELECT mean("time_in_band_pct") AS "in_band_pct" '
-            f"FROM {self.source('occlusion_bout')} WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            'GROUP BY time(1d), "athlete" fill(none)'
+        return self._series(
+            'mean("time_in_band_pct") AS "in_band_pct"', "occlusion_bout", "1d", "athlete"
         )
 
     def alerts_per_day(self) -> str:
         """Distinct alerts per UTC day and kind."""
-        return (
-            f'SELECT count(distinct("alert_id")) AS "alerts" FROM {self.source("alert")} '
-            f"WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            'GROUP BY time(1d), "kind" fill(none)'
-        )
+        return self._series('count(distinct("alert_id")) AS "alerts"', "alert", "1d", "kind")
 
     def recent_bouts(self) -> str:
         """The latest bouts, newest first."""

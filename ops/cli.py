@@ -10,7 +10,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from alerts.errors import AlertsError
@@ -274,30 +274,11 @@ def cmd_broker_auth(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------
 
+AddArguments = Callable[[argparse.ArgumentParser], None]  # a command's own arguments
+Command = Callable[[argparse.Namespace], int]  # a command's handler: the exit status
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cuffwatch",
-        description="Telemetry and safety alerts for blood-flow-restriction cuffs.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument(
-            "-c",
-            "--config",
-            metavar="FILE",
-            help="cuffwatch.toml (default: none; "
-            "every key also from CUFFWATCH_… environment variables)",
-        )
-        return p
-
-    p = add("run", "run the gateway")
-    p.set_defaults(func=cmd_run)
-
-    p = add("demo", "everything on embedded defaults: broker, simulated squad, gateway, live table")
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuffs", type=int, default=8, help="simulated cuffs (default 8)")
     p.add_argument(
         "--speed",
@@ -309,17 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the demo keeps spool and line files")
     p.add_argument("--no-faults", action="store_true", help="a squad without injected faults")
     p.add_argument("--port", type=int, default=0, help="embedded broker port (default: free)")
-    p.set_defaults(func=cmd_demo)
 
-    p = add("simulate", "a virtual squad of cuffs against any broker")
+
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     from sim import simulate
 
     simulate.add_arguments(p)
-    p.set_defaults(func=cmd_simulate)
 
-    p = add("assign", "assign a cuff to an athlete and limb (retained)")
+
+def _cuff_arguments(p: argparse.ArgumentParser) -> None:
+    """assign and ack: which cuff."""
     p.add_argument("--team", required=True)
     p.add_argument("--cuff", required=True)
+
+
+def _username_argument(p: argparse.ArgumentParser) -> None:
+    """assign and ack: who publishes."""
+    p.add_argument(
+        "--username",
+        help="broker user (staff-TEAM with broker-auth's ACLs; "
+        "password from CUFFWATCH_BROKER__PASSWORD)",
+    )
+
+
+def _assign_arguments(p: argparse.ArgumentParser) -> None:
+    _cuff_arguments(p)
     p.add_argument("--athlete")
     p.add_argument("--limb", choices=["left_arm", "right_arm", "left_leg", "right_leg"])
     p.add_argument("--protocol", choices=["bfr", "ipc"])
@@ -328,26 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="target, mmHg")
     p.add_argument("--max-bout-s", type=float)
     p.add_argument("--clear", action="store_true", help="clear the assignment")
-    p.add_argument(
-        "--username",
-        help="broker user (staff-TEAM with broker-auth's ACLs; "
-        "password from CUFFWATCH_BROKER__PASSWORD)",
-    )
-    p.set_defaults(func=cmd_assign)
+    _username_argument(p)
 
-    p = add("ack", "acknowledge an open alert")
-    p.add_argument("--team", required=True)
-    p.add_argument("--cuff", required=True)
+
+def _ack_arguments(p: argparse.ArgumentParser) -> None:
+    _cuff_arguments(p)
     p.add_argument("--kind", required=True, help="alert kind, e.g. over_pressure")
     p.add_argument("--by", help="who acknowledges")
-    p.add_argument(
-        "--username",
-        help="broker user (staff-TEAM with broker-auth's ACLs; "
-        "password from CUFFWATCH_BROKER__PASSWORD)",
-    )
-    p.set_defaults(func=cmd_ack)
+    _username_argument(p)
 
-    p = add("dashboards", "Grafana dashboards as code")
+
+def _dashboards_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["build", "push"])
     p.add_argument("--out", default=None, help="output dir (build; default dashboards/generated)")
     p.add_argument("--url", default=None, help="Grafana URL (push; or GRAFANA_URL)")
@@ -356,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="service-account token (push; better: GRAFANA_TOKEN in the environment)",
     )
-    p.set_defaults(func=cmd_dashboards)
 
-    p = add("query", "query stored bouts, telemetry or alerts")
+
+def _query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["bouts", "telemetry", "alerts"])
     p.add_argument("--team", required=True)
     p.add_argument("--athlete")
@@ -367,17 +353,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", help="RFC 3339 end")
     p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
     p.add_argument("--out", help="write to FILE instead of stdout")
-    p.set_defaults(func=cmd_query)
 
-    p = add("check", "validate the config and try every connection")
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="per connection, seconds")
-    p.set_defaults(func=cmd_check)
 
-    p = add("broker-auth", "write Mosquitto password and ACL files from the roster")
+
+def _broker_auth_arguments(p: argparse.ArgumentParser) -> None:
     from ops import brokerauth
 
     brokerauth.add_arguments(p)
-    p.set_defaults(func=cmd_broker_auth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cuffwatch",
+        description="Telemetry and safety alerts for blood-flow-restriction cuffs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # (name, help, its own arguments, handler), in the order `cuffwatch --help` lists them;
+    # built per call, so that the handlers are the module's as the parser is built
+    commands: tuple[tuple[str, str, AddArguments | None, Command], ...] = (
+        ("run", "run the gateway", None, cmd_run),
+        ("demo", "everything on embedded defaults: broker, simulated squad, gateway, live table",
+         _demo_arguments, cmd_demo),
+        ("simulate", "a virtual squad of cuffs against any broker", _simulate_arguments,
+         cmd_simulate),
+        ("assign", "assign a cuff to an athlete and limb (retained)", _assign_arguments,
+         cmd_assign),
+        ("ack", "acknowledge an open alert", _ack_arguments, cmd_ack),
+        ("dashboards", "Grafana dashboards as code", _dashboards_arguments, cmd_dashboards),
+        ("query", "query stored bouts, telemetry or alerts", _query_arguments, cmd_query),
+        ("check", "validate the config and try every connection", _check_arguments, cmd_check),
+        ("broker-auth", "write Mosquitto password and ACL files from the roster",
+         _broker_auth_arguments, cmd_broker_auth),
+    )
+    for name, help_, add_arguments, handler in commands:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="cuffwatch.toml (default: none; "
+            "every key also from CUFFWATCH_… environment variables)",
+        )
+        if add_arguments is not None:
+            add_arguments(p)
+        p.set_defaults(func=handler)
     return parser
 
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,12 +26,16 @@ from rich.table import Table
 from rich.text import Text
 
 from alerts.console import ConsoleNotifier, format_transition
-from alerts.model import Transition
+from alerts.model import Alert, Transition
 from alerts.notify import RouteStats
 from core.config import Settings, load_settings
 from core.model import CuffPhase, Severity
 from gateway.app import Gateway
+from gateway.state import CuffState
 from sim import simulate
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 log = logging.getLogger("cuffwatch.demo")
 
@@ -39,6 +43,13 @@ DEMO_TEAMS = 2
 TABLE_REFRESH_PER_S = 4
 RECENT_ALERTS = 8  # alert lines kept under the live table
 PIPED_WIDTH = 140  # rich assumes 80 columns without a terminal, which truncates every cell
+COLUMNS = ("team", "cuff", "athlete", "limb", "state", "mmHg", "target", "bout", "battery",
+           "alerts")
+NUMERIC_COLUMNS = frozenset({"mmHg", "target", "bout", "battery"})  # right-aligned
+# a cuff's state, and its alerts by the worst open one's severity
+PHASE_STYLES = {CuffPhase.INFLATED: "green", CuffPhase.STALE: "red", CuffPhase.OFFLINE: "red"}
+SEVERITY_STYLES = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow",
+                   Severity.INFO: "cyan"}
 
 
 def _free_port() -> int:
@@ -87,65 +98,43 @@ class SquadTable:
 
     def __rich__(self) -> Group:
         table = Table(title="cuffwatch demo — squad live", title_justify="left", expand=False)
-        for col in (
-            "team",
-            "cuff",
-            "athlete",
-            "limb",
-            "state",
-            "mmHg",
-            "target",
-            "bout",
-            "battery",
-            "alerts",
-        ):
-            table.add_column(
-                col, justify="right" if col in ("mmHg", "target", "bout", "battery") else "left"
-            )
-        open_by_cuff: dict[str, list[Any]] = {}
-        for alert in self.gw.engine.open_alerts():
+        for col in COLUMNS:
+            table.add_column(col, justify="right" if col in NUMERIC_COLUMNS else "left")
+        open_alerts = self.gw.engine.open_alerts()
+        open_by_cuff: dict[str, list[Alert]] = {}
+        for alert in open_alerts:
             open_by_cuff.setdefault(alert.cuff, []).append(alert)
         for state in sorted(self.gw.fleet.cuffs.values(), key=lambda s: (s.team, s.cuff)):
-            params = state.params(self.gw.settings, state.athlete, state.limb)
-            alerts = open_by_cuff.get(state.cuff, [])
-            worst = max((a.severity for a in alerts), default=None)
-            style = (
-                {
-                    Severity.CRITICAL: "bold red",
-                    Severity.WARNING: "yellow",
-                    Severity.INFO: "cyan",
-                }.get(worst, "")
-                if worst
-                else ""
-            )
-            phase = state.phase
-            table.add_row(
-                state.team,
-                state.cuff,
-                state.athlete,
-                state.limb.value,
-                Text(
-                    phase.value,
-                    style="green"
-                    if phase is CuffPhase.INFLATED
-                    else "red"
-                    if phase in (CuffPhase.STALE, CuffPhase.OFFLINE)
-                    else "",
-                ),
-                "" if state.last_pressure is None else f"{state.last_pressure:.0f}",
-                "" if params.target_mmhg is None else f"{params.target_mmhg:.0f}",
-                f"{state.last_elapsed_s:.0f} s" if phase is CuffPhase.INFLATED else "",
-                "" if state.battery_pct is None else f"{state.battery_pct:.0f} %",
-                Text(", ".join(sorted(a.kind.value for a in alerts)), style=style),
-            )
+            table.add_row(*self._row(state, open_by_cuff.get(state.cuff, [])))
         c = self.gw.counters
         footer = Text(
             f"received {c.received}  accepted {c.accepted}  rejected {c.rejected}  "
             f"duplicates {c.duplicates}  open alerts "
-            f"{len(self.gw.engine.open_alerts())}   (Ctrl-C to stop)",
+            f"{len(open_alerts)}   (Ctrl-C to stop)",
             style="dim",
         )
         return Group(table, footer, Text("latest alerts:", style="bold"), *self.recent)
+
+    def _row(self, state: CuffState, alerts: list[Alert]) -> tuple[str | Text, ...]:
+        """One cuff's cells, in `COLUMNS` order."""
+        params = state.params(self.gw.settings, state.athlete, state.limb)
+        worst = max((a.severity for a in alerts), default=None)
+        phase = state.phase
+        return (
+            state.team,
+            state.cuff,
+            state.athlete,
+            state.limb.value,
+            Text(phase.value, style=PHASE_STYLES.get(phase, "")),
+            "" if state.last_pressure is None else f"{state.last_pressure:.0f}",
+            "" if params.target_mmhg is None else f"{params.target_mmhg:.0f}",
+            f"{state.last_elapsed_s:.0f} s" if phase is CuffPhase.INFLATED else "",
+            "" if state.battery_pct is None else f"{state.battery_pct:.0f} %",
+            Text(
+                ", ".join(sorted(a.kind.value for a in alerts)),
+                style="" if worst is None else SEVERITY_STYLES[worst],
+            ),
+        )
 
 
 def demo_settings(data_dir: Path, port: int, n_cuffs: int) -> Settings:
@@ -159,11 +148,10 @@ def demo_settings(data_dir: Path, port: int, n_cuffs: int) -> Settings:
     )
 
 
-async def _demo(args: argparse.Namespace, console: Console) -> None:
+async def _start_broker(port: int) -> Broker:
+    """The embedded amqtt broker on 127.0.0.1:`port`, started."""
     from amqtt.broker import Broker
 
-    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="cuffwatch-demo-"))
-    port = args.port or _free_port()
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
@@ -174,6 +162,45 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
         }
     )
     await broker.start()
+    return broker
+
+
+async def _show(table: SquadTable, console: Console, stop: asyncio.Event) -> None:
+    """Until `stop`: the live table on a terminal; piped, its rows every 5 s."""
+    if console.is_terminal:
+        with Live(table, console=console, refresh_per_second=TABLE_REFRESH_PER_S, transient=False):
+            await stop.wait()
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5)
+        console.print(table.__rich__().renderables[0])
+
+
+async def _run(
+    gw: Gateway, options: simulate.SimOptions, table: SquadTable, console: Console, *,
+    stop: asyncio.Event, duration: float | None,
+) -> None:
+    """The gateway, then the simulator against it, the table on show, until `stop` is set
+    (a signal, or after `duration` s)."""
+    async with asyncio.TaskGroup() as tg:
+        gw_task = tg.create_task(gw.run(), name="cuffwatch.demo.gateway")
+        await gw.ready.wait()
+        sim_task = tg.create_task(
+            simulate.run_simulation(options), name="cuffwatch.demo.simulator"
+        )
+        if duration:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+        await _show(table, console, stop)
+        sim_task.cancel()
+        gw.stop()
+        await gw_task
+
+
+async def _demo(args: argparse.Namespace, console: Console) -> None:
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="cuffwatch-demo-"))
+    port = args.port or _free_port()
+    broker = await _start_broker(port)
     settings = demo_settings(data_dir, port, args.cuffs)
     squad = simulate.squad_from_settings(settings)
     faults = [] if args.no_faults else demo_faults(squad, args.speed)
@@ -189,8 +216,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
     )
     gw = Gateway(settings)
     table = SquadTable(gw)
-    interactive = console.is_terminal
-    gw.add_notifier(table if interactive else ConsoleNotifier(console))
+    gw.add_notifier(table if console.is_terminal else ConsoleNotifier(console))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -203,27 +229,7 @@ async def _demo(args: argparse.Namespace, console: Console) -> None:
         console.print("injected faults: " + ", ".join(str(f) for f in faults))
     started = time.monotonic()
     try:
-        async with asyncio.TaskGroup() as tg:
-            gw_task = tg.create_task(gw.run(), name="cuffwatch.demo.gateway")
-            await gw.ready.wait()
-            sim_task = tg.create_task(
-                simulate.run_simulation(options), name="cuffwatch.demo.simulator"
-            )
-            if args.duration:
-                loop.call_later(args.duration, stop.set)
-            if interactive:
-                with Live(
-                    table, console=console, refresh_per_second=TABLE_REFRESH_PER_S, transient=False
-                ):
-                    await stop.wait()
-            else:
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 5)
-                    console.print(table.__rich__().renderables[0])
-            sim_task.cancel()
-            gw.stop()
-            await gw_task
+        await _run(gw, options, table, console, stop=stop, duration=args.duration)
     finally:
         # the embedded broker drops its queue with it: "N messages not broadcasted" is noise
         logging.getLogger("amqtt").setLevel(logging.ERROR)

@@ -27,6 +27,7 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partialmethod
 from typing import Any, Final, Literal
 
 from core.model import Limb, Protocol
@@ -422,34 +423,22 @@ class SquadSimulator:
         """Schedule a fault (ValueError if its cuff is not in the squad)."""
         self.cuff(fault.cuff).inject(fault)
 
-    def over_pressure(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """Pressure jumps to 320 mmHg (default for 10 s); a deflated cuff inflates."""
-        self.inject(FaultSpec(FaultKind.OVER_PRESSURE, cuff, at, duration))
+    def fault(self, kind: FaultKind, cuff: str, at: float, duration: float | None = None) -> None:
+        """Schedule a fault of `kind` at `at` s for `duration` s (None: the kind's default)."""
+        self.inject(FaultSpec(kind, cuff, at, duration))
 
-    def forgotten(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """The cuff's bout never ends (default: never), so elapsed_s passes max_bout_s."""
-        self.inject(FaultSpec(FaultKind.FORGOTTEN, cuff, at, duration))
-
-    def leak(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """Pressure sits 40 mmHg below target while inflated (default: from then on)."""
-        self.inject(FaultSpec(FaultKind.LEAK, cuff, at, duration))
+    # `sim.leak(cuff, at, duration=None)` and so on: `fault` of one kind (sim.faults.FaultKind
+    # says what each does and how long it lasts by default)
+    over_pressure = partialmethod(fault, FaultKind.OVER_PRESSURE)
+    forgotten = partialmethod(fault, FaultKind.FORGOTTEN)
+    leak = partialmethod(fault, FaultKind.LEAK)
+    low_battery = partialmethod(fault, FaultKind.LOW_BATTERY)
+    sensor = partialmethod(fault, FaultKind.SENSOR)
+    clock = partialmethod(fault, FaultKind.CLOCK)
 
     def dropout(
         self, cuff: str, at: float, duration: float | None = None, *, announce: bool = False
     ) -> None:
         """No readings while inflated (default: never back); `announce` publishes `offline`."""
-        kind = FaultKind.OFFLINE if announce else FaultKind.DROPOUT
-        self.inject(FaultSpec(kind, cuff, at, duration))
-
-    def low_battery(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """Battery reads 10 % (default: from then on)."""
-        self.inject(FaultSpec(FaultKind.LOW_BATTERY, cuff, at, duration))
-
-    def sensor(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """Implausible pressure, −50 mmHg (default for 3 s)."""
-        self.inject(FaultSpec(FaultKind.SENSOR, cuff, at, duration))
-
-    def clock(self, cuff: str, at: float, duration: float | None = None) -> None:
-        """Device clock 1 h ahead (default: from then on)."""
-        self.inject(FaultSpec(FaultKind.CLOCK, cuff, at, duration))
+        self.fault(FaultKind.OFFLINE if announce else FaultKind.DROPOUT, cuff, at, duration)
 

@@ -1,0 +1,1 @@
+"""Integration tier: real servers, receivers and `cuffwatch` child processes."""

@@ -1,0 +1,60 @@
+"""Alerts, their transitions and push routes, as the push tests build them.
+
+One over-pressure alert on cuff c7 of team t1 (athlete a-17, left leg), 312 mmHg against a
+limit of 300, first raised at T0_MS; every field can be changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alerts.model import Alert, AlertKind, AlertState, Change, Transition
+from alerts.routes import RouteSpec
+from core.model import Severity
+
+T0_MS = 1_795_000_000_000
+
+
+def alert(
+    alert_id: str = "A1",
+    *,
+    team: str = "t1",
+    athlete: str = "a-17",
+    severity: Severity = Severity.CRITICAL,
+    state: AlertState = AlertState.FIRING,
+    kind: AlertKind = AlertKind.OVER_PRESSURE,
+    at_s: float = 0.0,
+) -> Alert:
+    """The sample alert, `at_s` seconds after it was first raised."""
+    return Alert(
+        id=alert_id,
+        team=team,
+        cuff="c7",
+        athlete=athlete,
+        limb="left_leg",
+        kind=kind,
+        severity=severity,
+        state=state,
+        value=312.0,
+        threshold=300.0,
+        unit="mmHg",
+        message=f"{athlete} left_leg cuff at 312 mmHg (limit 300)",
+        started_at_ms=T0_MS,
+        updated_at_ms=T0_MS + int(at_s * 1000),
+    )
+
+
+def raised(a: Alert, *, push: bool = True) -> Transition:
+    """`a` raised (pushed unless push=False)."""
+    return Transition(a, Change.RAISED, push)
+
+
+def resolved(a: Alert, *, at_s: float = 60.0) -> Transition:
+    """`a` resolved `at_s` seconds after T0_MS."""
+    done = a.evolve(state=AlertState.RESOLVED, updated_at_ms=T0_MS + int(at_s * 1000))
+    return Transition(done, Change.RESOLVED, True)
+
+
+def spec(label: str, url: str, **kwargs: Any) -> RouteSpec:
+    """A push route."""
+    return RouteSpec(label=label, url=url, **kwargs)

@@ -1,0 +1,1 @@
+"""Unit tier: in-process tests, no server, nothing listening, no `cuffwatch` child process."""
