@@ -34,11 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.backoff import jittered, nominal_delay
 from ingest.errors import (
     IngestError,
     PermanentSinkError,
@@ -332,10 +332,10 @@ class IngestPipeline:
         if isinstance(exc, PermanentSinkError):
             base = self.permanent_retry_s
         else:
-            base = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 30))
+            base = nominal_delay(failures, self.retry_initial_s, self.retry_max_s)
             if isinstance(exc, TransientSinkError) and exc.retry_after_s:
                 base = max(base, min(exc.retry_after_s, self.retry_max_s))
-        return base / 2 + random.uniform(0, base / 2)
+        return jittered(base)
 
     async def _sleep(self, delay: float) -> None:
         """Wait `delay` seconds, or less if aclose() is called meanwhile."""
