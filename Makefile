@@ -1,5 +1,6 @@
 # Entry points that developers and CI run unchanged: `make test` (what .ci/run runs),
 # `make demo`, `make lint`, `make bench`. Each first brings .venv up to date.
+# `make test-unit` (no server needed) and `make test-integration` run one test tier each.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
@@ -13,7 +14,9 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test demo lint bench
+.PHONY: venv test test-unit test-integration demo lint bench
+# The tiers of `make test` run one after another (lint, unit, integration), also under -j.
+.NOTPARALLEL:
 
 venv: $(EDITABLE_STAMP)
 
@@ -33,13 +36,27 @@ $(EDITABLE_STAMP): pyproject.toml $(LOCK_STAMP)
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
-# pytest's exit code 5 (no tests collected) fails the target like any other non-zero code.
-# Lint runs first: ruff and mypy strict are part of what CI holds the tree to.
-test: venv lint
-	scripts/ensure-services
-	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
-	if ((status == 5)); then echo "make test: pytest collected no tests" >&2; fi; \
+# pytest's exit code 5 (no tests collected) fails a target like any other non-zero code.
+# $(1) is the tier's directory; PYTEST_ARGS go to each tier's run.
+define run_tier
+	status=0; $(BIN)/pytest $(1) $(PYTEST_ARGS) || status=$$?; \
+	if ((status == 5)); then echo "make $@: pytest collected no tests in $(1)" >&2; fi; \
 	exit $$status
+endef
+
+# Lint runs first: ruff and mypy strict are part of what CI holds the tree to. Then the unit
+# tier (fast, no server), then the integration tier (real servers, `cuffwatch` processes).
+test: lint test-unit test-integration
+
+# Pure logic, in-process: no server, nothing listening, so no scripts/ensure-services.
+test-unit: venv
+	$(call run_tier,tests/unit)
+
+# Real Mosquitto, InfluxDB 1.x and VictoriaMetrics (started by the fixtures), receivers and
+# `cuffwatch` child processes. Under CI=true a server that cannot start fails, never skips.
+test-integration: venv
+	scripts/ensure-services
+	$(call run_tier,tests/integration)
 
 demo: venv
 	$(BIN)/cuffwatch demo

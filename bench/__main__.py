@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import ceilings, footprint, latency, micro, profile, report, soak, throughput
-from bench.gateway_shim import FIXES, needed
 from bench.infra import LOAD_TEAMS, Servers, machine_info, servers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -48,7 +47,7 @@ QUICK = Sizes(broker_messages=40_000, broker_array_messages=6_000, influx_points
               e2e_target_s=5.0, repeats=1, cuffs=1000, latency_samples=60, latency_load_s=8.0,
               rss_s=15.0, startup_runs=2)
 
-Bench = Callable[[Servers, Sizes, dict[str, Any], tuple[str, ...]], None]
+Bench = Callable[[Servers, Sizes, dict[str, Any]], None]
 
 
 def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], f"{key}_runs": [run.get(key) for run in runs]}
 
 
-def _broker(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _broker(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["broker_ceiling"] = {
         # the ratio's denominator varied ±20% between runs of a few seconds: median of N
         "single": _median_run(
@@ -68,29 +67,29 @@ def _broker(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -
     }
 
 
-def _influx(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _influx(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["influx_ceiling"] = {
         "one_writer": ceilings.influx(srv, points=s.influx_points, writers=1, cuffs=s.cuffs),
         "two_writers": ceilings.influx(srv, points=s.influx_points, writers=2, cuffs=s.cuffs),
     }
 
 
-def _paired_single(srv: Servers, s: Sizes, fixes: tuple[str, ...], k: int) -> dict[str, Any]:
+def _paired_single(srv: Servers, s: Sizes, k: int) -> dict[str, Any]:
     """One end-to-end run at one reading per message, with a broker ceiling run just before.
 
     This VM's speed drifts over minutes (other tenants), and the ceilings of the `broker`
     benchmark are measured minutes earlier: a ratio of runs seconds apart cancels the drift.
     """
     ceiling = ceilings.broker(srv, messages=s.broker_messages, batch=1, cuffs=s.cuffs)
-    run = throughput.e2e(srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s, fixes=fixes,
+    run = throughput.e2e(srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s,
                          label=f"e2e_single{k}")
     run["paired_broker_readings_per_s"] = ceiling["readings_per_s"]
     run["share_of_paired_broker"] = round(run["readings_per_s"] / ceiling["readings_per_s"], 3)
     return run
 
 
-def _e2e(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
-    runs = [_paired_single(srv, s, fixes, k) for k in range(s.repeats)]
+def _e2e(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
+    runs = [_paired_single(srv, s, k) for k in range(s.repeats)]
     shares = sorted(run["share_of_paired_broker"] for run in runs)
     r["e2e"] = {
         "single": {**_median_run(runs, "readings_per_s"),
@@ -98,41 +97,41 @@ def _e2e(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> N
                                                    for run in runs],
                    "share_of_paired_broker_median": shares[len(shares) // 2]},
         "array10": throughput.e2e(srv, batch=10, cuffs=s.cuffs, target_s=s.e2e_target_s,
-                                  fixes=fixes, label="e2e_array10"),
+                                  label="e2e_array10"),
     }
 
 
-def _scaleout(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _scaleout(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["scaleout"] = throughput.e2e(
-        srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s, fixes=fixes,
+        srv, batch=1, cuffs=s.cuffs, target_s=s.e2e_target_s,
         partitions=tuple((team,) for team in LOAD_TEAMS), label="scaleout",
     )
 
 
-def _latency(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _latency(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     max_rate = r.get("e2e", {}).get("single", {}).get("readings_per_s")
     r["latency"] = latency.latency(srv, samples=s.latency_samples, cuffs=s.cuffs,
-                                   max_rate=max_rate, load_s=s.latency_load_s, fixes=fixes)
+                                   max_rate=max_rate, load_s=s.latency_load_s)
 
 
-def _rss(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
-    r["rss"] = footprint.rss(srv, cuffs=s.cuffs, seconds=s.rss_s, fixes=fixes)
+def _rss(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
+    r["rss"] = footprint.rss(srv, cuffs=s.cuffs, seconds=s.rss_s)
 
 
-def _startup(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _startup(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["startup"] = footprint.startup(srv, runs=s.startup_runs, cuffs=s.cuffs)
 
 
-def _micro(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
+def _micro(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["micro"] = micro.run()
 
 
-def _profile(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
-    r["profile"] = profile.profile(srv, cuffs=s.cuffs, out_dir=RESULTS_DIR, fixes=fixes)
+def _profile(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
+    r["profile"] = profile.profile(srv, cuffs=s.cuffs, out_dir=RESULTS_DIR)
 
 
-def _soak(srv: Servers, s: Sizes, r: dict[str, Any], fixes: tuple[str, ...]) -> None:
-    r["soak"] = soak.soak(srv, quick=r["quick"], fixes=fixes)
+def _soak(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
+    r["soak"] = soak.soak(srv, quick=r["quick"])
 
 
 BENCHMARKS: dict[str, Bench] = {
@@ -155,28 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only NAME (repeatable): {', '.join(BENCHMARKS)}; "
                         "profile (needs py-spy) runs only when named")
-    parser.add_argument("--fix", action="append", choices=sorted(FIXES), default=None,
-                        help="apply a proposed hot-path fix in the gateway process "
-                        "(default: those the gateway needs to run under load, if still missing)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the servers' temp dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sizes = QUICK if args.quick else FULL
     names = args.only or list(DEFAULT)
-    fixes = tuple(args.fix) if args.fix is not None else tuple(needed())
     results: dict[str, Any] = {"quick": args.quick, "machine": machine_info(),
-                               "sizes": asdict(sizes),
-                               "fixes_applied": list(fixes), "errors": {}}
+                               "sizes": asdict(sizes), "errors": {}}
     started = time.monotonic()
-    print(f"bench: {'quick' if args.quick else 'full'} run of {', '.join(names)}"
-          + (f"; gateway with fixes {', '.join(fixes)}" if fixes else ""), flush=True)
+    print(f"bench: {'quick' if args.quick else 'full'} run of {', '.join(names)}", flush=True)
     with servers(keep=args.keep) as srv:
         for name in names:
             t0 = time.monotonic()
             print(f"bench: {name} …", flush=True)
             try:
-                BENCHMARKS[name](srv, sizes, results, fixes)
+                BENCHMARKS[name](srv, sizes, results)
             except Exception as exc:  # one broken benchmark must not lose the others' figures
                 logging.exception("benchmark %s failed", name)
                 results["errors"][name] = repr(exc)

@@ -6,7 +6,7 @@ gateway's RSS every half second. Each cuff's dedup slots (`gateway.state.DEDUP_S
 fingerprints) are allocated whole at its first reading; their size is measured in-process
 with tracemalloc and added as a projection for cuffs the run has not heard from yet.
 
-Start-up: from spawning `cuffwatch run -c FILE` (the console script, no shim) to the first
+Start-up: from spawning `cuffwatch run -c FILE` (the console script) to the first
 `/readyz` answering 200, polled every 5 ms; broker and InfluxDB already up.
 """
 
@@ -19,15 +19,14 @@ import tracemalloc
 from typing import Any
 
 from bench.infra import (
-    REPO,
-    GatewayProcess,
     Servers,
-    cuffwatch_command,
     forget_gateway,
     gateway_config,
     gateways,
     roster,
 )
+from tests.support.gateway_process import GatewayProcess, cuffwatch_command
+from tests.support.paths import REPO
 
 RSS_SAMPLE_S = 0.5  # psutil reads /proc: cheap; twice a second catches a peak of any duration
 MIB = 1 << 20  # figures in MiB, printed as "MB" like the target
@@ -51,10 +50,10 @@ def dedup_bytes_per_cuff() -> int:
     return after - before
 
 
-def rss(srv: Servers, *, cuffs: int, seconds: float, fixes: tuple[str, ...] = ()) -> dict[str, Any]:
+def rss(srv: Servers, *, cuffs: int, seconds: float) -> dict[str, Any]:
     """Peak and steady RSS of a gateway carrying `cuffs` simulated cuffs for `seconds`."""
     db = srv.fresh_database("bench_rss")
-    with gateways(srv, database=db, teams=roster(cuffs, 0), label="rss", fixes=fixes) as gws:
+    with gateways(srv, database=db, teams=roster(cuffs, 0), label="rss") as gws:
         gw = gws[0]
         start_rss = gw.rss_bytes()
         sim_log = (srv.tmp / "simulate-rss.log").open("wb")

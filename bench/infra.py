@@ -2,6 +2,8 @@
 
 The gateway under test always runs as its own process (`cuffwatch run -c FILE`), so it gets
 its own core; the load comes from another process (`bench.mqttpub` or `cuffwatch simulate`).
+The servers and the gateway launcher are the tests' own (tests/support/), so the benchmarks
+run from the repository root: `python -m bench`.
 """
 
 from __future__ import annotations
@@ -10,50 +12,35 @@ import contextlib
 import json
 import os
 import platform
-import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # tests/servers.py: stdlib-only server fixtures
-
-from servers import (  # noqa: E402 - needs the path above
-    InfluxDB1Server,
-    MosquittoServer,
-    dump_toml,
-    free_port,
-)
-
-from bench.mqttpub import Cuff, Plan  # noqa: E402
-from gateway.app import ALERT_LINK_SUFFIX  # noqa: E402
+from bench.mqttpub import Cuff, Plan
+from gateway.app import ALERT_LINK_SUFFIX
+from tests.support.gateway_process import GatewayProcess, write_config
+from tests.support.paths import REPO
+from tests.support.servers import InfluxDB1Server, MosquittoServer, free_port
 
 TOPIC_ROOT = "bfr"  # SPEC §2's default root; the run's broker is private, so no collisions
 LOAD_TEAMS = ("t1", "t2")  # the load cuffs; two teams so scale-out can partition by team
 LATENCY_TEAM = "lat"  # cuffs that cross the hard ceiling once each (alert latency)
 POLL_S = 0.05  # progress polls of /metrics: cheap for the gateway, fine-grained for timing
-READY_TIMEOUT_S = 60.0  # a gateway not ready by then is broken, not slow
-STOP_TIMEOUT_S = 30.0  # SIGTERM drains and flushes (DRAIN_TIMEOUT_S is 10 s) before exit
-HTTP_TIMEOUT_S = 5.0  # /metrics of a saturated gateway answers late; a poll then retries
 # Device time of the load's reading 0 lies this far back: readings stay inside SPEC's
 # max_backlog_s (3600) so the gateway keeps their timestamps (no collisions in InfluxDB).
 MAX_DEVICE_SPAN_S = 3300
 # The deployed broker's autosave (deploy/mosquitto/mosquitto.conf); the test servers save every
 # second for crash tests, which with a backlog queued for the gateway costs the broker dearly.
 DEPLOYED_AUTOSAVE_S = 60
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
 def machine_info() -> dict[str, Any]:
@@ -188,126 +175,13 @@ def gateway_config(
         "health": {"host": "127.0.0.1", "port": port},
         "teams": teams,
     }
-    path = srv.tmp / f"{name}.toml"
-    path.write_text(dump_toml(config))
-    return path, port
-
-
-def cuffwatch_command() -> list[str]:
-    """The venv's `cuffwatch` console script, or `python -m ops.cli`."""
-    script = Path(sys.executable).parent / "cuffwatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ops.cli"]
-
-
-def http_get(url: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:
-    """Status and body of a GET to one of our loopback servers (any status)."""
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"loopback only, not {url!r}")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - checked above
-            return int(resp.status), bytes(resp.read())
-    except urllib.error.HTTPError as err:
-        with err:
-            return int(err.code), bytes(err.read())
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text → {name: value} (labelled samples keyed with their labels)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-class GatewayProcess:
-    """`cuffwatch run -c FILE` in its own process: readiness, /metrics, RSS, SIGTERM."""
-
-    def __init__(self, config: Path, health_port: int, log_path: Path,
-                 fixes: tuple[str, ...] = ()) -> None:
-        self.config = config
-        self.fixes = fixes
-        self.health_port = health_port
-        self.log_path = log_path
-        self._log: IO[bytes] | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0
-
-    def start(self) -> GatewayProcess:
-        """Spawn the process (readiness is `wait_ready`)."""
-        self._log = self.log_path.open("ab")
-        self.spawned_at = time.monotonic()
-        command = cuffwatch_command()
-        if self.fixes:
-            command = [sys.executable, "-m", "bench.gateway_shim", ",".join(self.fixes)]
-        self.proc = subprocess.Popen(
-            [*command, "run", "-c", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=REPO, env={k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")},
-        )
-        return self
-
-    @property
-    def pid(self) -> int:
-        """The gateway's PID."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def url(self, path: str) -> str:
-        """A URL of the health server."""
-        return f"http://127.0.0.1:{self.health_port}{path}"
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S, interval: float = 0.005) -> float:
-        """Poll /readyz until 200; seconds since spawn."""
-        deadline = time.monotonic() + timeout
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {self.proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url("/readyz"), timeout=1.0)[0] == 200:
-                    return time.monotonic() - self.spawned_at
-            time.sleep(interval)
-        raise RuntimeError(f"gateway not ready within {timeout:.0f} s; see {self.log_path}")
-
-    def metrics(self) -> dict[str, float]:
-        """The gateway's /metrics as numbers."""
-        status, body = http_get(self.url("/metrics"))
-        if status != 200:
-            raise RuntimeError(f"/metrics answered {status}")
-        return parse_metrics(body.decode())
-
-    def rss_bytes(self) -> int:
-        """Resident set size now."""
-        return int(psutil.Process(self.pid).memory_info().rss)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time used so far."""
-        t = psutil.Process(self.pid).cpu_times()
-        return float(t.user + t.system)
-
-    def stop(self) -> None:
-        """SIGTERM (drain and flush), SIGKILL if it does not exit in time; idempotent."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    return write_config(srv.tmp / f"{name}.toml", config), port
 
 
 @contextlib.contextmanager
 def gateways(srv: Servers, *, database: str, teams: dict[str, Any],
              partitions: tuple[tuple[str, ...], ...] = ((),), label: str = "gw",
-             fixes: tuple[str, ...] = ()) -> Iterator[list[GatewayProcess]]:
+             ) -> Iterator[list[GatewayProcess]]:
     """Start one gateway per partition (a tuple of teams; () = every team), all ready."""
     procs: list[GatewayProcess] = []
     names: list[str] = []
@@ -317,7 +191,7 @@ def gateways(srv: Servers, *, database: str, teams: dict[str, Any],
             names.append(name)
             cfg, port = gateway_config(srv, name=name, database=database, teams=teams,
                                        broker_teams=part)
-            procs.append(GatewayProcess(cfg, port, srv.tmp / f"{name}.log", fixes).start())
+            procs.append(GatewayProcess(cfg, port, srv.tmp / f"{name}.log").start())
         for p in procs:
             p.wait_ready()
         time.sleep(0.3)  # SUBACK before anything is published

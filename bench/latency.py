@@ -38,7 +38,6 @@ from bench.ceilings import PUBLISH_CONNECTIONS
 from bench.infra import (
     LATENCY_TEAM,
     TOPIC_ROOT,
-    GatewayProcess,
     Publisher,
     Servers,
     gateways,
@@ -48,6 +47,7 @@ from bench.infra import (
     roster,
     wait_written,
 )
+from tests.support.gateway_process import GatewayProcess
 
 OVER_MMHG = 320.0  # above the leg hard ceiling (300)
 DEFLATED_MMHG = 2.0  # the resolving reading: deflated, so no rolling mean keeps the alert
@@ -245,7 +245,7 @@ async def _loaded(probe: AlertProbe, gw: GatewayProcess, pub: Publisher, out: di
 
 
 def latency(srv: Servers, *, samples: int, cuffs: int, max_rate: float | None, load_s: float,
-            fixes: tuple[str, ...] = ()) -> dict[str, Any]:
+            ) -> dict[str, Any]:
     """Alert latency idle and at half of `max_rate` readings/s (estimated if None)."""
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
     db = srv.fresh_database("bench_latency")
@@ -253,8 +253,6 @@ def latency(srv: Servers, *, samples: int, cuffs: int, max_rate: float | None, l
     plan = load_plan(squad, batch=1, connections=PUBLISH_CONNECTIONS,
                      per_cuff=int((max_rate or 10_000) * load_s) // cuffs + 30)
     with gateways(srv, database=db, teams=roster(cuffs, 2 * samples), label="lat",
-                  fixes=fixes) as gws, Publisher(srv, plan) as pub:
-        out = asyncio.run(_measure(srv, gws[0], pub, samples=samples, max_rate=max_rate,
-                                   load_s=load_s))
-    out["fixes"] = list(fixes)
-    return out
+                  ) as gws, Publisher(srv, plan) as pub:
+        return asyncio.run(_measure(srv, gws[0], pub, samples=samples, max_rate=max_rate,
+                                    load_s=load_s))

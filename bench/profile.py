@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.infra import GatewayProcess, Servers
+from bench.infra import (
+    Servers,
+)
 from bench.throughput import e2e
+from tests.support.gateway_process import GatewayProcess
 
 SAMPLE_HZ = 250  # py-spy's rate: enough samples in a 10 s phase for 0.5 % resolution
 RECORD_S = 10  # py-spy stops by itself; the timed phase is sized to outlast it
@@ -74,8 +77,7 @@ def _attach(exe: str, raw: Path) -> Callable[[list[GatewayProcess]], Callable[[]
     return during
 
 
-def profile(srv: Servers, *, cuffs: int, out_dir: Path, fixes: tuple[str, ...] = ()
-            ) -> dict[str, Any]:
+def profile(srv: Servers, *, cuffs: int, out_dir: Path) -> dict[str, Any]:
     """Profile the gateway at full load, 1 and 10 readings per message; write the summaries."""
     exe = py_spy()
     if exe is None:
@@ -83,7 +85,7 @@ def profile(srv: Servers, *, cuffs: int, out_dir: Path, fixes: tuple[str, ...] =
     out: dict[str, Any] = {}
     for name, batch in (("single", 1), ("array10", 10)):
         raw = srv.tmp / f"profile-{name}.raw"
-        figures = e2e(srv, batch=batch, cuffs=cuffs, target_s=RECORD_S * 2, fixes=fixes,
+        figures = e2e(srv, batch=batch, cuffs=cuffs, target_s=RECORD_S * 2,
                       label=f"profile_{name}", during=_attach(exe, raw))
         if not raw.exists():
             out[name] = {"error": "py-spy wrote nothing (ptrace not permitted?)"}

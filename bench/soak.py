@@ -44,19 +44,17 @@ from typing import Any
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.infra import (
-    REPO,
     TOPIC_ROOT,
-    GatewayProcess,
     Servers,
     connect_packet,
     forget_sessions,
     gateway_config,
-    http_get,
     load_cuffs,
-    parse_metrics,
     roster,
 )
 from bench.mqttpub import publish_packet
+from tests.support.gateway_process import GatewayProcess
+from tests.support.paths import REPO
 
 RATES = (2, 3, 4, 5)  # readings/s of cuff k: RATES[k % 4]; 3.5/s on average
 BOUT_S = 120  # device seconds inflated, then REST_S deflated: under every SPEC §3 bout limit,
@@ -383,7 +381,7 @@ class SoakPublisher:
 
 def stored_count(srv: Servers, db: str, timeout: float = COUNT_TIMEOUT_S) -> int | None:
     """Points in cuff_telemetry now, or None when InfluxDB does not answer in time."""
-    from servers import http_request
+    from tests.support.servers import http_request
 
     body = urllib.parse.urlencode({"db": db, "q": 'SELECT count("seq") FROM "cuff_telemetry"'})
     try:
@@ -454,12 +452,10 @@ class Monitor:
             with contextlib.suppress(psutil.Error):
                 rss = int(psutil.Process(proc.pid).memory_info().rss)
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                status, body = http_get(self.gw.url("/metrics"), timeout=1.0)
-                if status == 200:
-                    m = parse_metrics(body.decode())
-                    spool = m.get("cuffwatch_spool_bytes")
-                    counters = (proc.pid, m.get("cuffwatch_readings_accepted_total", 0.0),
-                                m.get("cuffwatch_duplicates_total", 0.0))
+                m = self.gw.metrics(timeout=1.0)
+                spool = m.get("cuffwatch_spool_bytes")
+                counters = (proc.pid, m.get("cuffwatch_readings_accepted_total", 0.0),
+                            m.get("cuffwatch_duplicates_total", 0.0))
         disk = 0
         with contextlib.suppress(OSError):
             disk = sum(f.stat().st_size for f in self.spool_dir.glob("*.seg"))
@@ -498,13 +494,6 @@ class Fault:
     publisher_drops: bool = False  # the cuffs lose their connections too (the broker)
 
 
-def _kill_gateway(gw: GatewayProcess) -> None:
-    assert gw.proc is not None
-    gw.proc.kill()
-    gw.proc.wait()
-    gw.stop()  # closes the log; the process is gone already
-
-
 def _start_gateway(gw: GatewayProcess) -> None:
     gw.start()
     gw.wait_ready()
@@ -515,7 +504,7 @@ def faults(srv: Servers, gw: GatewayProcess, p: Profile) -> list[Fault]:
     return [
         Fault("influx_frozen", srv.influx.pause, p.freeze_s, srv.influx.resume),
         Fault("influx_killed", srv.influx.kill, p.influx_down_s, srv.influx.start),
-        Fault("gateway_sigkill", lambda: _kill_gateway(gw), p.gateway_down_s,
+        Fault("gateway_sigkill", gw.kill, p.gateway_down_s,
               lambda: _start_gateway(gw)),
         Fault("broker_restart", srv.mosquitto.stop, p.broker_down_s,
               srv.mosquitto.start, publisher_drops=True),
@@ -544,13 +533,13 @@ def _stored_seqs(srv: Servers, db: str, cuff: str) -> list[int]:
     return [int(r["seq"]) for r in rows]
 
 
-def soak(srv: Servers, *, quick: bool, fixes: tuple[str, ...] = ()) -> dict[str, Any]:
+def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
     """Run the soak (QUICK or FULL profile); the figures for latest.json."""
     p = QUICK if quick else FULL
     db = srv.fresh_database("bench_soak")
     name = f"soak-{int(time.time() * 1000) % 10**8}"
     cfg, port = gateway_config(srv, name=name, database=db, teams=roster(p.cuffs, 0))
-    gw = GatewayProcess(cfg, port, srv.tmp / f"{name}.log", fixes)
+    gw = GatewayProcess(cfg, port, srv.tmp / f"{name}.log")
     pub = SoakPublisher(srv, p.cuffs, prefix=f"soakpub{int(time.time()) % 10**6}")
     monitor = Monitor(srv, db, gw, pub, srv.tmp / f"spool-{name}")
     phases: list[dict[str, Any]] = []

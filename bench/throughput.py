@@ -19,7 +19,6 @@ from bench.ceilings import PUBLISH_CONNECTIONS
 from bench.infra import (
     LOAD_TEAMS,
     MAX_DEVICE_SPAN_S,
-    GatewayProcess,
     Publisher,
     Servers,
     cpu_seconds,
@@ -29,6 +28,7 @@ from bench.infra import (
     roster,
     wait_written,
 )
+from tests.support.gateway_process import GatewayProcess
 
 # Creates every series and fills the pipes (not part of the figure), and sizes the timed
 # phase: with 20,000 the start-up share made the estimate half the steady rate, so the
@@ -39,7 +39,7 @@ MIN_TIMED_READINGS = 20_000  # a timed phase shorter than a few batches measures
 
 
 def e2e(srv: Servers, *, batch: int, cuffs: int, target_s: float,
-        partitions: tuple[tuple[str, ...], ...] = ((),), fixes: tuple[str, ...] = (),
+        partitions: tuple[tuple[str, ...], ...] = ((),),
         label: str = "e2e",
         during: Callable[[list[GatewayProcess]], Callable[[], None]] | None = None,
         ) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def e2e(srv: Servers, *, batch: int, cuffs: int, target_s: float,
     plan = load_plan(squad, batch=batch, connections=PUBLISH_CONNECTIONS,
                      per_cuff=MAX_DEVICE_SPAN_S)
     with gateways(srv, database=db, teams=roster(cuffs, 0), partitions=partitions,
-                  label=label, fixes=fixes) as gws, Publisher(srv, plan) as pub:
+                  label=label) as gws, Publisher(srv, plan) as pub:
         pub.prepare(warm_msgs)
         t0 = time.monotonic()
         pub.go()
@@ -102,5 +102,4 @@ def e2e(srv: Servers, *, batch: int, cuffs: int, target_s: float,
         "other_cores_used": other_cores,
         "stored": stored,
         "stored_exactly": stored == (warm_msgs + timed_msgs) * batch,
-        "fixes": list(fixes),
     }

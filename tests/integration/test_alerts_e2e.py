@@ -8,11 +8,7 @@ every wait polls for an outcome, no assertion depends on how long something took
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,26 +16,20 @@ from typing import Any
 
 import gmqtt
 import pytest
-from harness import (
-    GatewayProcess,
-    MqttProbe,
-    gateway_settings,
-    running_gateway,
-    wait_for,
-    write_config,
-)
-from receivers import (
-    HangingServer,
-    HttpReceiver,
-    MailBox,
-    hanging_server,
-    http_receiver,
-    smtp_server,
-)
-from servers import InfluxDB1Server, MosquittoServer, free_port
 
 from alerts.push import PushDispatcher, routes_from_settings
-from core.config import Settings
+from tests.support.alert_flow import (
+    arm_team,
+    now_ms,
+    published,
+    reading,
+    settings_for,
+    states,
+)
+from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
+from tests.support.harness import MqttProbe, influx_v1, running_gateway, wait_for
+from tests.support.receivers import HangingServer, HttpReceiver, MailBox, smtp_server
+from tests.support.servers import InfluxDB1Server, MosquittoServer, free_port
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 ISO_MS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -47,24 +37,6 @@ ALERT_KEYS = {
     "id", "team", "cuff", "athlete", "limb", "kind", "severity", "state", "value", "threshold",
     "unit", "message", "started_at", "updated_at", "acknowledged_by", "escalated",
 }
-CUFFWATCH = Path(sys.executable).with_name("cuffwatch")  # the installed console script
-# Timers the tests do not exercise stay far beyond a test's length.
-QUIET: dict[str, Any] = {"stale_after_s": 120, "escalate_after_s": 120, "ack_silence_s": 120}
-
-
-def arm_team(*cuffs: str, **team: Any) -> dict[str, Any]:
-    """A team whose cuffs c1, c2, … are worn on the left arm by a-1, a-2, … (hard max 250)."""
-    return {"cuffs": {c: {"athlete": f"a-{c[1:]}", "limb": "left_arm"} for c in cuffs}, **team}
-
-
-def reading(seq: int, ts: int, pressure: float, elapsed: float, *, inflated: bool = True,
-            **extra: Any) -> dict[str, Any]:
-    return {"ts": ts, "seq": seq, "pressure_mmhg": pressure, "elapsed_s": elapsed,
-            "inflated": inflated, **extra}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def iso(ms: int) -> str:
@@ -90,15 +62,6 @@ async def watch_alerts(probe: MqttProbe, root: str) -> None:
     await wait_for(lambda: any("/_gateway/" in t for t in probe.messages), what="gateway status")
 
 
-def published(probe: MqttProbe, topic: str) -> list[tuple[dict[str, Any] | None, bool]]:
-    """(alert object or None for an empty payload, retain flag as published), in order."""
-    return [(json.loads(p) if p else None, r) for p, r in probe.messages.get(topic, [])]
-
-
-def states(probe: MqttProbe, topic: str) -> list[str | None]:
-    return [a["state"] if a else None for a, _ in published(probe, topic)]
-
-
 def alert_topics(probe: MqttProbe) -> set[str]:
     return {t for t in probe.messages if "/alerts/" in t and not t.endswith("/ack")}
 
@@ -112,19 +75,7 @@ async def nothing_retained(mosquitto: MosquittoServer, root: str, topic: str) ->
         return topic not in late.messages
 
 
-# -- receivers (tests/receivers.py) ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[HttpReceiver]:
-    async with http_receiver() as rec:
-        yield rec
-
-
-@pytest.fixture
-async def dead() -> AsyncIterator[HangingServer]:
-    async with hanging_server() as server:
-        yield server
+# -- receivers (`receiver`, `hanging`: tests/integration/conftest.py) ------------------------------
 
 
 @pytest.fixture
@@ -140,18 +91,6 @@ def processes() -> Iterator[list[GatewayProcess]]:
     yield procs
     for p in procs:
         p.kill()
-
-
-def settings_for(mosquitto: MosquittoServer, root: str, tmp_path: Path, teams: dict[str, Any],
-                 *, alerts: dict[str, Any] | None = None, influx: dict[str, Any] | None = None,
-                 health: dict[str, Any] | None = None) -> Settings:
-    return gateway_settings(broker_url=mosquitto.url, topic_root=root,
-                            spool_dir=tmp_path / "spool", teams=teams,
-                            alerts={**QUIET, **(alerts or {})}, influx=influx, health=health)
-
-
-def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb.url, "database": db}
 
 
 ALERT_FIELDS = ("state", "value", "threshold", "message", "alert_id", "acknowledged_by")
@@ -296,10 +235,8 @@ async def test_ack_by_topic_and_by_cli_silences_then_the_alert_fires_again(
         await wait_for(lambda: len(published(watch, topic)) >= 3, what="fires again")
 
         cli = await asyncio.to_thread(
-            subprocess.run,
-            [str(CUFFWATCH), "ack", "-c", str(config), "--team", "t1", "--cuff", "c1",
-             "--kind", "over_pressure", "--by", "coach"],
-            capture_output=True, text=True, timeout=60, check=False,
+            run_cuffwatch, "ack", "-c", str(config), "--team", "t1", "--cuff", "c1",
+            "--kind", "over_pressure", "--by", "coach",
         )
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.strip() == f"acknowledged: {topic}/ack"
@@ -370,7 +307,7 @@ async def test_every_state_change_is_an_alert_point_in_influxdb(
 ) -> None:
     teams = {"t1": {"cuffs": {"c1": {"athlete": "Jo \"J\" O'Neil, =x", "limb": "right_leg"}}}}
     settings = settings_for(mosquitto, topic_root, tmp_path, teams,
-                            alerts={"ack_silence_s": 1.0}, influx=v1(influxdb, influx_db))
+                            alerts={"ack_silence_s": 1.0}, influx=influx_v1(influxdb, influx_db))
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     topic = f"{topic_root}/t1/alerts/c1/over_pressure"
     ts0 = now_ms() - 6000
@@ -418,7 +355,7 @@ async def test_state_changes_stay_distinct_points_when_the_device_clock_lags(
     for alert_max_age_s): the alert is raised, acknowledged by staff, and resolved by the
     deflation, each a state change (SPEC §4: one `alert` point per state change)."""
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1")},
-                            influx=v1(influxdb, influx_db))
+                            influx=influx_v1(influxdb, influx_db))
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     topic = f"{topic_root}/t1/alerts/c1/over_pressure"
     lag = 10_000
@@ -456,7 +393,7 @@ async def _rows_are(rows: Awaitable[list[dict[str, Any]]], n: int) -> bool:
 
 async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
     *, mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: HttpReceiver,
-    dead: HangingServer, mailbox: MailBox,
+    hanging: HangingServer, mailbox: MailBox,
 ) -> None:
     routes = [
         {"url": receiver.url("/staff")},  # min_severity warning (default)
@@ -464,7 +401,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         {"url": mailbox.url(), "min_severity": "critical"},
         {"url": receiver.url("/log"), "min_severity": "info"},
         # a read timeout far beyond the test: the connection hangs until the server closes it
-        {"url": f"json://127.0.0.1:{dead.port}/dead?rto=60", "min_severity": "info"},
+        {"url": f"json://127.0.0.1:{hanging.port}/dead?rto=60", "min_severity": "info"},
     ]
     settings = settings_for(mosquitto, topic_root, tmp_path,
                             {"t1": arm_team("c1", "c2", routes=routes)})
@@ -477,7 +414,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         # info: only the info routes want it (the dead one takes it and hangs on it)
         dev.publish(f"{topic_root}/t1/cuffs/c2/telemetry",
                     reading(0, now_ms(), 140.0, 5.0, battery_pct=10.0))
-        await wait_for(lambda: receiver.titles("/log") and dead.requests == 1,
+        await wait_for(lambda: receiver.titles("/log") and hanging.requests == 1,
                        what="battery_low pushed to the info routes")
         assert receiver.titles("/log") == ["INFO battery_low — a-2 left_arm"]
         stats = push.stats()
@@ -491,7 +428,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         await wait_for(lambda: published(watch, op) and receiver.titles("/staff")
                        and receiver.ntfy("cuffs-t1") and len(receiver.titles("/log")) == 2
                        and mailbox.envelopes, what="critical alert everywhere healthy")
-        assert (dead.requests, dead.open) == (1, 1)  # still hanging, nothing answered
+        assert (hanging.requests, hanging.open) == (1, 1)  # still hanging, nothing answered
         assert push.stats()["t1/4-json"].sent == 0
         assert states(watch, op) == ["firing"]
 
@@ -523,7 +460,7 @@ async def test_open_alert_survives_a_gateway_restart_and_resolves_with_its_id(
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     topic = f"{topic_root}/t1/alerts/c1/over_pressure"
     ts0 = now_ms() - 6000
-    first = await GatewayProcess(config, port, tmp_path / "gw1.log").start()
+    first = await GatewayProcess(config, port, tmp_path / "gw1.log").started()
     processes.append(first)
     async with MqttProbe(mosquitto.host, mosquitto.port) as dev, \
             MqttProbe(mosquitto.host, mosquitto.port) as watch:
@@ -534,7 +471,7 @@ async def test_open_alert_survives_a_gateway_restart_and_resolves_with_its_id(
         assert raised is not None
         first.kill()  # SIGKILL: the alert lives on only as the broker's retained message
 
-        second = await GatewayProcess(config, port, tmp_path / "gw2.log").start()
+        second = await GatewayProcess(config, port, tmp_path / "gw2.log").started()
         processes.append(second)
         await wait_for(lambda: _metric_is(second, "cuffwatch_alerts_open", 1.0),
                        what=f"retained alert re-adopted\n{second.log_tail()}")
@@ -550,12 +487,12 @@ async def test_open_alert_survives_a_gateway_restart_and_resolves_with_its_id(
         assert (resolved["value"], resolved["threshold"]) == (265.0, 250.0)
         assert resolved["message"] == raised["message"]
         assert await nothing_retained(mosquitto, topic_root, topic)
-        assert await second.metric("cuffwatch_alerts_open") == 0.0
-        assert await second.terminate() == 0
+        assert second.metric("cuffwatch_alerts_open") == 0.0
+        assert await second.terminated() == 0
 
 
-async def _metric_is(proc: GatewayProcess, name: str, value: float) -> bool:
-    return await proc.metric(name) == value
+def _metric_is(proc: GatewayProcess, name: str, value: float) -> bool:
+    return proc.metric(name) == value
 
 
 # -- 7. backlog ------------------------------------------------------------------------------------
@@ -569,7 +506,7 @@ async def test_backlog_readings_raise_and_store_alerts_without_pushes(
               {"url": receiver.url("/lead"), "escalation": True}]
     settings = settings_for(mosquitto, topic_root, tmp_path,
                             {"t1": arm_team("c1", "c2", routes=routes)},
-                            alerts={"escalate_after_s": 0.5}, influx=v1(influxdb, influx_db))
+                            alerts={"escalate_after_s": 0.5}, influx=influx_v1(influxdb, influx_db))
     push = PushDispatcher(routes_from_settings(settings))
     old = now_ms() - 120_000  # older than alert_max_age_s (60), newer than max_backlog_s
     async with running_gateway(settings, notifiers=[push]), \

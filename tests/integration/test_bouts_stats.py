@@ -7,21 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import MqttProbe, gateway_settings, running_gateway, wait_for
-from servers import InfluxDB1Server, MosquittoServer
+from tests.support.harness import (
+    MqttProbe,
+    running_gateway,
+    settings_against,
+    wait_for,
+)
+from tests.support.roster import prescribed, roster
+from tests.support.servers import InfluxDB1Server, MosquittoServer
 
-TEAMS: dict[str, Any] = {
-    "t1": {
-        "athletes": {"a-17": {"prescriptions": {"left_leg": {"lop_mmhg": 220,
-                                                            "target_pct_lop": 60}}}},
-        "cuffs": {"c1": {"athlete": "a-17", "limb": "left_leg"}},
-    }
-}
+TEAMS = roster({"t1": {"c1": "a-17"}}, athletes={"t1": prescribed("a-17")})
 TARGET = 132.0  # 60 % of 220
-
-
-def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb.url, "database": db}
 
 
 def bout_readings(start_ms: int, seconds: range, seq0: int) -> list[dict[str, Any]]:
@@ -44,8 +40,7 @@ async def test_a_finished_bout_is_summarised(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
     start = int(time.time() * 1000) - 40_000
     topic = f"{topic_root}/t1/cuffs/c1/telemetry"
     async with running_gateway(settings), MqttProbe(mosquitto.host, mosquitto.port) as dev:
@@ -70,9 +65,8 @@ async def test_a_bout_spanning_a_gateway_restart_keeps_its_start_and_length(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db),
-                                instance="gw-bout")
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path,
+                                teams=TEAMS, instance="gw-bout")
     start = int(time.time() * 1000) - 60_000
     topic = f"{topic_root}/t1/cuffs/c1/telemetry"
     async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
@@ -93,9 +87,8 @@ async def test_gateway_stats_are_stored_every_interval(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db),
-                                instance="gw-stats")
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path,
+                                teams=TEAMS, instance="gw-stats")
     now = int(time.time() * 1000)
     topic = f"{topic_root}/t1/cuffs/c1/telemetry"
     async with running_gateway(settings, stats_interval_s=0.5) as gw, MqttProbe(

@@ -1,15 +1,13 @@
 """`cuffwatch` as users run it (SPEC §8): help, check, assign, ack, simulate and run, each as
-a real child process (`python -m ops.cli`) against the session's Mosquitto and InfluxDB.
+a real child process (the venv's `cuffwatch`) against the session's Mosquitto and InfluxDB.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,28 +15,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import GatewayProcess, MqttProbe, gateway_settings, wait_for, write_config
-from servers import InfluxDB1Server, MosquittoServer, free_port
 
 from gateway.decode import decode_readings
+from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
+from tests.support.harness import MqttProbe, gateway_settings, influx_v1, wait_for
+from tests.support.roster import prescribed, roster
+from tests.support.servers import InfluxDB1Server, MosquittoServer, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 60.0  # a bound for a wedged command on a loaded box, never a performance claim
-TEAMS: dict[str, Any] = {"t1": {
-    "athletes": {"a-17": {"prescriptions": {"left_leg": {"lop_mmhg": 220, "target_pct_lop": 60}}}},
-    "cuffs": {"c7": {"athlete": "a-17", "limb": "left_leg"}},
-}}
+TEAMS = roster({"t1": {"c7": "a-17"}}, athletes={"t1": prescribed("a-17")})
 
 
 def cli(*args: str, env: dict[str, str] | None = None,
         timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run `cuffwatch ARGS` from the repository root with a clean CUFFWATCH_ environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")}
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "ops.cli", *args], cwd=REPO, capture_output=True,
-            text=True, env=clean | (env or {}), timeout=timeout, check=False,
-        )
+        return run_cuffwatch(*args, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"`cuffwatch {' '.join(args)}` still running after {timeout:g} s:\n"
                     f"{exc.stdout!r}\n{exc.stderr!r}", pytrace=False)
@@ -154,7 +146,7 @@ def test_check_passes_against_real_servers(
 ) -> None:
     settings = gateway_settings(
         broker_url=mosquitto.url, topic_root=topic_root, spool_dir=tmp_path / "spool",
-        teams=TEAMS, influx={"api": "v1", "url": influxdb.url, "database": influx_db},
+        teams=TEAMS, influx=influx_v1(influxdb, influx_db),
     )
     config = write_config(tmp_path / "cuffwatch.toml", settings)
     result = cli("check", "-c", str(config), "--timeout", "5")
@@ -334,54 +326,15 @@ def test_simulate_refuses_bad_options_in_one_line(
 async def test_run_serves_readyz_and_exits_0_on_sigterm(
     mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
 ) -> None:
-    port = free_port()
     settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                health={"host": "127.0.0.1", "port": port})
-    config = write_config(tmp_path / "cuffwatch.toml", settings)
-    gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()  # /readyz 200
+                                spool_dir=tmp_path / "spool", teams=TEAMS)
+    gw = await GatewayProcess.for_settings(settings, tmp_path).started()  # /readyz 200
     try:
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{port}/healthz"
-        ) as resp:
+        async with aiohttp.ClientSession() as http, http.get(gw.url("/healthz")) as resp:
             assert resp.status == 200
-        assert await gw.terminate() == 0
+        assert await gw.terminated() == 0
     finally:
         gw.kill()
     log = gw.log_path.read_text()
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log
-
-
-@pytest.mark.parametrize("error", [
-    "core.errors.CoreError", "alerts.errors.AlertsError", "ingest.errors.IngestError",
-    "gateway.errors.GatewayError", "dashboards.errors.DashboardsError",
-    "sim.errors.SimulationError", "ops.errors.OpsError",
-])
-def test_a_package_error_is_one_line_and_exit_1(
-    error: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:
-    import importlib
-
-    from ops import cli
-
-    module, name = error.rsplit(".", 1)
-    root = getattr(importlib.import_module(module), name)
-
-    def fails(_args: object) -> int:
-        raise root("the broker said no")
-
-    monkeypatch.setattr(cli, "cmd_check", fails)
-    assert cli.main(["check"]) == 1
-    assert capsys.readouterr().err == "cuffwatch check: the broker said no\n"
-
-
-def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ops import cli
-
-    def fails(_args: object) -> int:
-        raise KeyError("a bug")
-
-    monkeypatch.setattr(cli, "cmd_check", fails)
-    with pytest.raises(KeyError):
-        cli.main(["check"])

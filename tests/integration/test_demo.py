@@ -11,26 +11,23 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from servers import InfluxDB1Server, find_binary
-from test_lineproto import parse_line
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.gateway_process import child_env, cuffwatch_command, run_cuffwatch
+from tests.support.lineproto_ref import parse_line
+from tests.support.paths import REPO
+from tests.support.servers import InfluxDB1Server
+
 DURATION_S = 27  # over_pressure is injected at 20 s: a margin for a loaded 2-core box
 RUN_TIMEOUT_S = 120.0  # bounds a wedged demo; the run itself takes DURATION_S plus start-up
 STOP_TIMEOUT_S = 30.0  # bounds the shutdown after Ctrl-C; it takes about a second
 TABLE_TIMEOUT_S = 60.0  # the first table is printed 5 s after the gateway is ready
 # A log record at WARNING or above (the alert lines on stdout carry only a time, no date).
 LOG_PROBLEM = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (WARNING|ERROR|CRITICAL) .*$", re.MULTILINE)
-
-
-def demo_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ops.cli", "demo", *args]
 
 
 def tables(stdout: str) -> list[list[list[str]]]:
@@ -64,10 +61,8 @@ def test_demo_runs_the_pipeline_and_shows_readings_and_alerts(
 ) -> None:
     data = tmp_path / "demo"
     try:
-        result = subprocess.run(
-            demo_command("--duration", str(DURATION_S), "--cuffs", "6", "--data-dir", str(data)),
-            cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
-        )
+        result = run_cuffwatch("demo", "--duration", str(DURATION_S), "--cuffs", "6",
+                               "--data-dir", str(data), timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the demo was still running {RUN_TIMEOUT_S:g} s after start "
                     f"(--duration {DURATION_S}):\n{exc.stdout!r}", pytrace=False)
@@ -104,13 +99,7 @@ def test_demo_runs_the_pipeline_and_shows_readings_and_alerts(
     influxdb = make_influxdb()
     influxdb.create_database("bfr")  # the files' CONTEXT-DATABASE
     for path in files:
-        imported = subprocess.run(
-            [find_binary("influx"), "-host", "127.0.0.1", "-port", str(influxdb.port),
-             "-import", f"-path={path}", "-precision=ms"],
-            capture_output=True, text=True, check=False, timeout=60,
-        )
-        assert imported.returncode == 0, imported.stderr
-        assert "Failed 0 inserts" in imported.stdout + imported.stderr
+        influxdb.import_file(path)
     [row] = influxdb.query("bfr", "SELECT count(pressure_mmhg) FROM cuff_telemetry")
     assert row["count"] == measurements["cuff_telemetry"]
 
@@ -119,8 +108,8 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
-            demo_command("--cuffs", "4", "--data-dir", str(tmp_path / "demo")),
-            cwd=REPO, stdout=stdout, stderr=stderr,
+            [*cuffwatch_command(), "demo", "--cuffs", "4", "--data-dir", str(tmp_path / "demo")],
+            cwd=REPO, stdout=stdout, stderr=stderr, env=child_env(),
         )
     try:
         deadline = time.monotonic() + TABLE_TIMEOUT_S

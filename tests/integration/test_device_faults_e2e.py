@@ -12,26 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gmqtt
 import pytest
-from harness import MqttProbe, gateway_settings, running_gateway, wait_for
-from receivers import HttpReceiver, http_receiver
-from servers import InfluxDB1Server, MosquittoServer
 
 from alerts.engine import ulid_factory
 from alerts.model import Alert, AlertKind, AlertState
 from alerts.push import PushDispatcher, routes_from_settings
-from core.config import Settings
 from core.model import Severity
+from tests.support.alert_flow import (
+    arm_team,
+    now_ms,
+    published,
+    reading,
+    settings_for,
+    states,
+)
+from tests.support.harness import MqttProbe, influx_v1, running_gateway, wait_for
+from tests.support.receivers import HttpReceiver
+from tests.support.servers import InfluxDB1Server, MosquittoServer
 
-# Timers the tests do not exercise stay far beyond a test's length (as in test_alerts_e2e).
-QUIET: dict[str, Any] = {"stale_after_s": 120, "escalate_after_s": 120, "ack_silence_s": 120}
 MAX_TS_MS = 253_402_300_799_999  # SPEC §2: the largest `ts` a reading may carry (9999-12-31)
 # Once a barrier proves the gateway handled a message, its MQTT publishes are on loopback:
 # this is only how long a broken gateway makes the test wait before it fails.
@@ -39,32 +43,6 @@ AFTER_BARRIER_S = 10.0
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def reading(seq: int, ts: int, pressure: float, elapsed: float, *, inflated: bool = True,
-            **extra: Any) -> dict[str, Any]:
-    return {"ts": ts, "seq": seq, "pressure_mmhg": pressure, "elapsed_s": elapsed,
-            "inflated": inflated, **extra}
-
-
-def arm_team(*cuffs: str) -> dict[str, Any]:
-    """Cuffs c1, c2, … worn on the left arm by a-1, a-2, … (hard ceiling 250, no target)."""
-    return {"cuffs": {c: {"athlete": f"a-{c[1:]}", "limb": "left_arm"} for c in cuffs}}
-
-
-def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb.url, "database": db}
-
-
-def settings_for(mosquitto: MosquittoServer, root: str, tmp_path: Path, teams: dict[str, Any],
-                 *, influx: dict[str, Any] | None = None) -> Settings:
-    return gateway_settings(broker_url=mosquitto.url, topic_root=root,
-                            spool_dir=tmp_path / "spool", teams=teams, alerts=dict(QUIET),
-                            influx=influx)
 
 
 async def telemetry_rows(influxdb: InfluxDB1Server, db: str, cuff: str) -> list[dict[str, Any]]:
@@ -101,15 +79,6 @@ async def eventually(predicate: Callable[[], Any], what: str, state: Callable[[]
         raise AssertionError(f"expected {what}; at the deadline: {state()!r}") from None
 
 
-def published(probe: MqttProbe, topic: str) -> list[tuple[dict[str, Any] | None, bool]]:
-    """(alert object or None for an empty payload, retain flag as published), in order."""
-    return [(json.loads(p) if p else None, r) for p, r in probe.messages.get(topic, [])]
-
-
-def states(probe: MqttProbe, topic: str) -> list[str | None]:
-    return [a["state"] if a else None for a, _ in published(probe, topic)]
-
-
 def criticals(probe: MqttProbe, topic: str) -> list[dict[str, Any]]:
     """Alert publishes on the topic that are critical and firing."""
     return [a for a, _ in published(probe, topic)
@@ -121,12 +90,6 @@ async def nothing_retained(mosquitto: MosquittoServer, root: str, topic: str) ->
     async with MqttProbe(mosquitto.host, mosquitto.port) as late:
         await subscribe(late, root, topic)
         return topic not in late.messages
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[HttpReceiver]:
-    async with http_receiver() as rec:
-        yield rec
 
 
 # -- 1. a restarted cuff ---------------------------------------------------------------------------
@@ -155,7 +118,7 @@ async def test_restarted_cuff_reading_is_stored_and_raises_its_alert(
     equal, earlier or reset; its readings and their alerts are never dropped, and (§3) a
     restart is no sensor_fault."""
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1", "c2")},
-                            influx=v1(influxdb, influx_db))
+                            influx=influx_v1(influxdb, influx_db))
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     op = f"{topic_root}/t1/alerts/c1/over_pressure"
     fault = f"{topic_root}/t1/alerts/c1/sensor_fault"
@@ -232,7 +195,7 @@ async def test_device_clock_jump_does_not_blind_the_lop_mean(
     must raise a critical over_pressure, as on the control cuff c2 whose clock runs true
     (which alerts about 2 s into the excess)."""
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": leg_team_with_lop()},
-                            influx=v1(influxdb, influx_db))
+                            influx=influx_v1(influxdb, influx_db))
     ops = {c: f"{topic_root}/t1/alerts/{c}/over_pressure" for c in ("c1", "c2")}
     total = CALM + (1 if fault == "glitch_200s_ahead" else 0) + EXCESS
     async with running_gateway(settings), \
@@ -278,7 +241,7 @@ async def test_huge_elapsed_s_keeps_the_message_its_readings_and_the_alert(
     """elapsed_s 1e306 is a valid number ≥ 0 (SPEC §2): the array's four readings are stored,
     380 mmHg on an arm raises a critical over_pressure, and the gateway goes on."""
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1", "c2")},
-                            influx=v1(influxdb, influx_db))
+                            influx=influx_v1(influxdb, influx_db))
     op = f"{topic_root}/t1/alerts/c1/over_pressure"
     t = now_ms()
     batch = [
@@ -361,7 +324,7 @@ async def test_retained_telemetry_is_rejected_not_stored_and_raises_nothing(
     """Telemetry is QoS 1, not retained (SPEC §2): a retained reading (2 h old, 380 mmHg)
     handed to the gateway on subscribe is rejected, not stored at receive time, no alert."""
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1", "c2")},
-                            influx=v1(influxdb, influx_db))
+                            influx=influx_v1(influxdb, influx_db))
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     op = f"{topic_root}/t1/alerts/c1/over_pressure"
     rejected = f"{topic_root}/t1/cuffs/c1/rejected"

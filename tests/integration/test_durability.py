@@ -7,7 +7,6 @@ and then counts: every reading present, each exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,19 +14,21 @@ from typing import Any
 
 import gmqtt
 import pytest
-from harness import (
-    GatewayProcess,
+
+from core.config import Settings
+from tests.support.gateway_process import GatewayProcess
+from tests.support.harness import (
     MqttProbe,
-    gateway_settings,
     running_gateway,
+    settings_against,
     wait_for,
-    write_config,
 )
-from servers import InfluxDB1Server, MosquittoServer, free_port
+from tests.support.roster import roster
+from tests.support.servers import InfluxDB1Server, MosquittoServer
 
 CUFFS = ["c1", "c2", "c3", "c4"]
-TEAMS: dict[str, Any] = {"t1": {"cuffs": {c: {"athlete": f"a-{c}", "limb": "left_leg"}
-                                          for c in CUFFS}}}
+TEAMS = roster({"t1": {c: f"a-{c}" for c in CUFFS}})
+INFLUX_TIMEOUT_S = 2.0  # a frozen InfluxDB shows as failed writes within the tests' waits
 BATCH = 10  # readings per message: realistic for a cuff buffering at 10 Hz
 
 
@@ -87,8 +88,11 @@ async def _equals(value: Any, expected: int) -> bool:
     return bool((await value) == expected)
 
 
-def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb.url, "database": db, "timeout_s": 2.0}
+def settings_for(broker: MosquittoServer, influxdb: InfluxDB1Server, db: str, root: str,
+                 tmp_path: Path, **extra: Any) -> Settings:
+    """The gateway under test: TEAMS, its spool in tmp_path/spool, 2 s InfluxDB writes."""
+    return settings_against(broker, influxdb, db, root, tmp_path / "spool", teams=TEAMS,
+                            influx_options={"timeout_s": INFLUX_TIMEOUT_S}, **extra)
 
 
 async def test_influxdb_paused_then_resumed_loses_nothing(
@@ -97,9 +101,7 @@ async def test_influxdb_paused_then_resumed_loses_nothing(
 ) -> None:
     influxdb = make_influxdb()
     influxdb.create_database("bfr")
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, "bfr"))
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         stream = Stream(dev, topic_root)
         await stream.send(20)
@@ -122,9 +124,7 @@ async def test_influxdb_killed_and_restarted_loses_nothing(
 ) -> None:
     influxdb = make_influxdb()
     influxdb.create_database("bfr")
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, "bfr"))
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
     status = f"{topic_root}/_gateway/{settings.instance}/status"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         await dev.subscribe(status)
@@ -150,13 +150,9 @@ async def test_gateway_sigkill_mid_stream_loses_nothing(
     tmp_path: Path, protocol: int,
 ) -> None:
     # MQTT 3.1.1 too: the gateway acknowledges only what is fsynced on both versions
-    port = free_port()
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS, protocol=protocol,
-                                influx=v1(influxdb, influx_db), instance=f"gw-kill{protocol}",
-                                health={"host": "127.0.0.1", "port": port})
-    config = write_config(tmp_path / "cuffwatch.toml", settings)
-    gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()
+    settings = settings_for(mosquitto, influxdb, influx_db, topic_root, tmp_path,
+                            protocol=protocol, instance=f"gw-kill{protocol}")
+    gw = await GatewayProcess.for_settings(settings, tmp_path).started()
     try:
         async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
             stream = Stream(dev, topic_root)
@@ -164,10 +160,10 @@ async def test_gateway_sigkill_mid_stream_loses_nothing(
             gw.kill()  # mid-stream: messages in flight, batches unwritten
             await stream.send(30)  # queued by the broker for the gateway's session
             await stream.acked()
-            await gw.start()
+            await gw.started()
             await stream.send(10)
             await assert_every_reading_once(influxdb, influx_db, stream)
-            assert await gw.terminate() == 0
+            assert await gw.terminated() == 0
     finally:
         gw.kill()
 
@@ -176,13 +172,9 @@ async def test_sigterm_drains_and_exits_cleanly(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, influx_db), instance="gw-term",
-                                health={"host": "127.0.0.1", "port": port})
-    config = write_config(tmp_path / "cuffwatch.toml", settings)
-    gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()
+    settings = settings_for(mosquitto, influxdb, influx_db, topic_root, tmp_path,
+                            instance="gw-term")
+    gw = await GatewayProcess.for_settings(settings, tmp_path).started()
     try:
         async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
             await dev.subscribe(f"{topic_root}/_gateway/gw-term/status")
@@ -190,7 +182,7 @@ async def test_sigterm_drains_and_exits_cleanly(
             await stream.send(20, pause=0)
             await stream.acked()
             await wait_for(lambda: _accepted(gw, stream.total), what="all accepted")
-            assert await gw.terminate() == 0  # SIGTERM: flush, then exit 0
+            assert await gw.terminated() == 0  # SIGTERM: flush, then exit 0
             # everything was written before exit: no gateway is running to replay it
             assert await stored(influxdb, influx_db) == stream.total
             await wait_for(lambda: dev.messages[f"{topic_root}/_gateway/gw-term/status"][-1][0]
@@ -199,12 +191,12 @@ async def test_sigterm_drains_and_exits_cleanly(
         gw.kill()
 
 
-async def _metric_is(gw: GatewayProcess, name: str, value: float) -> bool:
-    return await gw.metric(name) == value
+def _metric_is(gw: GatewayProcess, name: str, value: float) -> bool:
+    return gw.metric(name) == value
 
 
-async def _accepted(gw: GatewayProcess, n: int) -> bool:
-    return await gw.metric("cuffwatch_readings_accepted_total") >= n
+def _accepted(gw: GatewayProcess, n: int) -> bool:
+    return gw.metric("cuffwatch_readings_accepted_total") >= n
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
@@ -212,9 +204,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     topic_root: str, tmp_path: Path,
 ) -> None:
     broker = make_mosquitto()
-    settings = gateway_settings(broker_url=broker.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, influx_db))
+    settings = settings_for(broker, influxdb, influx_db, topic_root, tmp_path)
     async with running_gateway(settings) as gw:
         stream: Stream
         async with MqttProbe(broker.host, broker.port) as dev:
@@ -238,8 +228,7 @@ async def test_corrupt_spool_tail_is_skipped_and_good_records_replayed(
     influxdb = make_influxdb()
     influxdb.create_database("bfr")
     spool_dir = tmp_path / "spool"
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=spool_dir, teams=TEAMS, influx=v1(influxdb, "bfr"))
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
     # first run: InfluxDB unreachable (port 1 refuses; a stopped server's port could be reused)
     down = settings.model_copy(update={"influx": settings.influx.model_copy(
         update={"url": "http://127.0.0.1:1"})})
@@ -266,13 +255,8 @@ async def test_memory_stays_bounded_through_a_long_outage(
 ) -> None:
     influxdb = make_influxdb()
     influxdb.create_database("bfr")
-    port = free_port()
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, "bfr"), instance="gw-rss",
-                                health={"host": "127.0.0.1", "port": port})
-    config = write_config(tmp_path / "cuffwatch.toml", settings)
-    gw = await GatewayProcess(config, port, tmp_path / "gateway.log").start()
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path, instance="gw-rss")
+    gw = await GatewayProcess.for_settings(settings, tmp_path).started()
     influxdb.pause()  # frozen for the whole stream: every write times out
     try:
         async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
@@ -286,17 +270,17 @@ async def test_memory_stays_bounded_through_a_long_outage(
                 await stream.acked()
             await wait_for(lambda: _accepted(gw, stream.total), what="all accepted")
             grown = gw.rss_bytes() - warm
-            buffered = await gw.metric("cuffwatch_ingest_buffered_lines")
-            limit = await gw.metric("cuffwatch_ingest_max_buffer_lines")
+            buffered = gw.metric("cuffwatch_ingest_buffered_lines")
+            limit = gw.metric("cuffwatch_ingest_max_buffer_lines")
             assert buffered <= limit
             assert grown < 30 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB in the outage"
-            assert await gw.metric("cuffwatch_spool_bytes") > 0
+            assert gw.metric("cuffwatch_spool_bytes") > 0
             await wait_for(lambda: _metric_is(gw, "cuffwatch_ingest_failing", 1),
                            what="the pipeline to notice the outage")
             assert gw.rss_bytes() - warm < 30 * 1024 * 1024
             influxdb.resume()
             await assert_every_reading_once(influxdb, "bfr", stream)
-        assert await gw.terminate() == 0
+        assert await gw.terminated() == 0
     finally:
         influxdb.resume()
         gw.kill()
@@ -315,9 +299,7 @@ async def test_a_queued_backlog_is_spooled_a_read_at_a_time_and_acked_once(
     # A backlog reaches the gateway as a burst: the messages of one socket read share one
     # spool record (staged, then flushed once), and each is acknowledged once that record
     # is fsynced: a later session gets nothing again.
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, influx_db))
+    settings = settings_for(mosquitto, influxdb, influx_db, topic_root, tmp_path)
     async with running_gateway(settings):
         pass  # the session and its subscriptions now exist on the broker
     async with MqttProbe(mosquitto.host, mosquitto.port) as dev:
@@ -344,10 +326,8 @@ async def test_a_full_spool_holds_messages_unacknowledged_until_influxdb_drains_
     # once InfluxDB is back and the spool has room.
     influxdb = make_influxdb()
     influxdb.create_database("bfr")
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                influx=v1(influxdb, "bfr"),
-                                spool_max_bytes=1 << 20)
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path,
+                            spool_max_bytes=1 << 20)
     status = f"{topic_root}/_gateway/{settings.instance}/status"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         await dev.subscribe(status)
@@ -368,83 +348,6 @@ async def test_a_full_spool_holds_messages_unacknowledged_until_influxdb_drains_
         await wait_for(lambda: gw.mqtt.pending_acks == 0, what="held messages acknowledged")
         await wait_for(lambda: dev.messages[status][-1][0] == b"online",
                        what="status online again")
-
-
-# -- the staging rules, in-process (a real spool; no broker needed to call the handlers) -----
-
-
-def _staging_gateway(tmp_path: Path) -> Any:
-    from gateway.app import Gateway
-
-    settings = gateway_settings(broker_url="mqtt://127.0.0.1:1", topic_root="bfr",
-                                spool_dir=tmp_path / "spool", teams=TEAMS,
-                                spool_max_bytes=1 << 20)
-    return Gateway(settings, health=False)
-
-
-# One clock for the whole module: a redelivery repeats its payload byte for byte, and the
-# same seq with a newer device time is a rebooted cuff, not a duplicate (CuffState).
-_DEVICE_T0_MS = int(time.time() * 1000) - 5000
-
-
-def _message(gw: Any, seq: int) -> Any:
-    reading = {"ts": _DEVICE_T0_MS + seq, "seq": seq, "pressure_mmhg": 120.0, "elapsed_s": 0.0}
-    return gw.on_message("bfr/t1/cuffs/c1/telemetry", json.dumps(reading).encode(), 1,
-                               False)
-
-
-async def test_a_message_of_duplicates_waits_for_its_originals_to_be_durable(
-    tmp_path: Path,
-) -> None:
-    from gateway.mqtt import STAGED
-
-    gw = _staging_gateway(tmp_path)
-    try:
-        assert _message(gw, 1) is STAGED
-        original = gw.flush_stage()
-        assert isinstance(original, int)
-        # redelivered (a reconnect) before the original's record was fsynced: acknowledging
-        # it now would let the broker forget a reading a crash could still lose
-        assert _message(gw, 1) is STAGED
-        duplicate = gw.flush_stage()
-        assert isinstance(duplicate, int)
-        assert duplicate >= original
-        assert gw.spool.synced_position < duplicate
-        assert gw.flush_stage() is None  # nothing staged, nothing owed
-    finally:
-        gw.spool.close()
-
-
-async def test_records_the_spool_refuses_are_held_in_order_with_their_duplicates(
-    tmp_path: Path,
-) -> None:
-    from gateway.mqtt import STAGED
-
-    gw = _staging_gateway(tmp_path)
-    try:
-        filler = gw.spool.append(b"x" * ((1 << 20) - 64))  # the cap is reached
-        assert _message(gw, 1) is STAGED
-        held = asyncio.ensure_future(gw.flush_stage())  # refused: a coroutine holds it
-        assert _message(gw, 1) is STAGED  # its duplicate: must not be acknowledged first
-        dup = asyncio.ensure_future(gw.flush_stage())
-        assert _message(gw, 2) is STAGED  # a later reading queues behind the held one
-        later = asyncio.ensure_future(gw.flush_stage())
-        await asyncio.sleep(0.3)
-        assert [f.done() for f in (held, dup, later)] == [False, False, False]
-        assert gw.counters.backpressure_waits > 0
-        finished: list[str] = []
-        for name, fut in (("held", held), ("dup", dup), ("later", later)):
-            fut.add_done_callback(lambda _f, name=name: finished.append(name))
-        gw.spool.sync()
-        gw.spool.mark_written(filler)  # InfluxDB took the filler: room again
-        await asyncio.wait_for(asyncio.gather(held, dup, later), 10)
-        assert finished == ["held", "dup", "later"]
-        stored = b"".join(p for _, p in gw.spool.read(filler, 1 << 20))
-        assert stored.count(b"cuff_telemetry") == 2
-        assert b" seq=1i," in stored
-        assert b" seq=2i," in stored
-    finally:
-        gw.spool.close()
 
 
 async def test_publishes_a_broker_never_acknowledged_go_out_again_on_a_new_session(
@@ -483,26 +386,6 @@ async def test_publishes_a_broker_never_acknowledged_go_out_again_on_a_new_sessi
         assert staff.messages[topic] == [(b"resolved", False), (b"", False)]
     finally:
         await link.disconnect()
-
-
-@pytest.mark.parametrize("payload_bytes", [0, 100, 20_000, 3_000_000])
-def test_the_topic_of_a_resent_publish_is_read_back_whatever_its_length(
-    payload_bytes: int,
-) -> None:
-    # remaining lengths of 1, 2, 3 and 4 bytes (MQTT's variable byte integer)
-    from types import SimpleNamespace
-
-    from gmqtt.mqtt.constants import MQTTv50
-    from gmqtt.mqtt.package import PublishPacket
-    from gmqtt.mqtt.utils import IdGenerator
-
-    from gateway.mqtt_wire import publish_topic
-
-    topic = "bfr/t1/alerts/c-17_b/over_pressure"
-    message = gmqtt.Message(topic, b"x" * payload_bytes, qos=1, retain=True)
-    protocol = SimpleNamespace(proto_ver=MQTTv50, id_generator=IdGenerator())
-    _mid, packet = PublishPacket.build_package(message, protocol)
-    assert publish_topic(bytes(packet)) == topic
 
 
 async def test_publishes_past_the_brokers_receive_maximum_wait_their_turn_in_order(

@@ -9,29 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import MqttProbe, gateway_settings, running_gateway, wait_for
-from servers import InfluxDB1Server, MosquittoServer, VictoriaMetricsServer
 
-TEAMS: dict[str, Any] = {
-    "t1": {
-        "athletes": {"a-17": {"prescriptions": {"left_leg": {"lop_mmhg": 220,
-                                                            "target_pct_lop": 60}}}},
-        "cuffs": {
-            "c1": {"athlete": "a-17", "limb": "left_leg"},
-            "c2": {"athlete": "a-18", "limb": "right_arm"},
-        },
-    },
-    "t2": {"cuffs": {"c3": {"athlete": "b 1,=x", "limb": "left_arm"}}},
-}
+from tests.support.harness import (
+    MqttProbe,
+    gateway_settings,
+    running_gateway,
+    settings_against,
+    wait_for,
+)
+from tests.support.roster import prescribed, roster
+from tests.support.servers import InfluxDB1Server, MosquittoServer, VictoriaMetricsServer
+
+TEAMS = roster({"t1": {"c1": "a-17", "c2": ("a-18", "right_arm")},
+                "t2": {"c3": ("b 1,=x", "left_arm")}},
+               athletes={"t1": prescribed("a-17")})
 
 
 def reading(seq: int, ts: int, pressure: float = 130.0, elapsed: float = 5.0,
             **extra: Any) -> dict[str, Any]:
     return {"ts": ts, "seq": seq, "pressure_mmhg": pressure, "elapsed_s": elapsed, **extra}
-
-
-def v1(influxdb: InfluxDB1Server, db: str) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb.url, "database": db}
 
 
 async def count_points(influxdb: InfluxDB1Server, db: str, where: str = "") -> int:
@@ -45,8 +41,7 @@ async def test_readings_land_in_influxdb_v1_with_exact_tags_fields_and_ms(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
     now = int(time.time() * 1000)
     async with running_gateway(settings), MqttProbe(mosquitto.host, mosquitto.port) as dev:
         dev.publish(f"{topic_root}/t1/cuffs/c1/telemetry",
@@ -109,8 +104,7 @@ async def test_bad_input_is_rejected_on_the_right_topic_and_others_keep_flowing(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
     now = int(time.time() * 1000)
     r = topic_root
     bad: list[tuple[str, bytes, str]] = [
@@ -159,8 +153,7 @@ async def test_duplicates_dropped_and_assignment_changes_the_athlete_tag(
     mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
     now = int(time.time() * 1000)
     t = f"{topic_root}/t1/cuffs/c1/telemetry"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
@@ -216,8 +209,7 @@ async def test_publishes_with_mqtt5_properties_take_gmqtts_path_and_are_acknowle
 ) -> None:
     # The link parses plain QoS 1 PUBLISH packets itself and hands anything with MQTT 5
     # properties to gmqtt: both kinds, interleaved, must be stored and acknowledged.
-    settings = gateway_settings(broker_url=mosquitto.url, topic_root=topic_root,
-                                spool_dir=tmp_path, teams=TEAMS, influx=v1(influxdb, influx_db))
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
     now = int(time.time() * 1000)
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         topic = f"{topic_root}/t1/cuffs/c2/telemetry"

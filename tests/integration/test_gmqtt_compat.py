@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from servers import MosquittoServer
 
 from gateway.gmqtt_compat import ConnectRefused, LinkClient, gmqtt_tasks, new_client
+from tests.support.servers import MosquittoServer
 
 WAIT_S = 10.0
 

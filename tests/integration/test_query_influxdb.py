@@ -1,5 +1,7 @@
 """Analyst queries (SPEC §6): the Python functions, the `query` command's formats, escaping,
 and every InfluxQL example of docs/analysts.md, all against a real InfluxDB 1.x.
+
+Parsing, quoting and an unreachable server: tests/unit/test_query.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from servers import InfluxDB1Server, free_port
 
 from core.config import Settings, load_settings
 from ingest.lineproto import line
@@ -27,17 +28,15 @@ from ingest.query import (
     QueryError,
     alerts,
     bouts,
-    parse_since,
-    parse_time,
     query_command,
-    quote_ident,
-    quote_literal,
     telemetry,
-    time_bounds,
 )
 from ops.cli import build_parser
+from tests.support.lineproto_ref import alert_point
+from tests.support.paths import REPO
+from tests.support.servers import InfluxDB1Server, free_port
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "analysts.md"
+DOCS = REPO / "docs" / "analysts.md"
 
 H0 = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
 DAY = timedelta(days=1)
@@ -106,25 +105,9 @@ def seed_lines(now: datetime) -> list[str]:
         for team, athlete, cuff, limb, start, duration, band in BOUTS
     ]
     lines += [
-        line(
-            "alert",
-            [
-                ("team", team),
-                ("cuff", cuff),
-                ("athlete", athlete),
-                ("kind", kind),
-                ("severity", severity),
-            ],
-            [
-                ("state", state),
-                ("value", 1.0),
-                ("threshold", 1.0),
-                ("message", f"{kind} {state}"),
-                ("alert_id", alert_id),
-                ("acknowledged_by", acked),
-            ],
-            ms(at),
-        )
+        alert_point(team, athlete, cuff, kind=kind, severity=severity, state=state,
+                    alert_id=alert_id, ts_ms=ms(at), message=f"{kind} {state}",
+                    acknowledged_by=acked)
         for team, athlete, cuff, kind, severity, state, alert_id, acked, at in ALERTS
     ]
     for ago, seq in ((timedelta(minutes=10), 2), (timedelta(hours=3), 1)):
@@ -165,55 +148,6 @@ def client(influxdb: InfluxDB1Server, seeded: str) -> InfluxQLClient:
 def settings(influxdb: InfluxDB1Server, seeded: str) -> Settings:
     """A v1 configuration pointing at the seeded database."""
     return load_settings(None, influx={"api": "v1", "url": influxdb.url, "database": seeded})
-
-
-# -- pure parts ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("7d", timedelta(days=7)),
-        ("24h", timedelta(hours=24)),
-        ("30m", timedelta(minutes=30)),
-        ("90s", timedelta(seconds=90)),
-        ("2w", timedelta(weeks=2)),
-        (" 5 d ", timedelta(days=5)),
-    ],
-)
-def test_parse_since(text: str, expected: timedelta) -> None:
-    """A number and a unit."""
-    assert parse_since(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "7", "d", "7x", "-1d", "0h", "1.5h"])
-def test_parse_since_rejects(text: str) -> None:
-    """Anything else is a ValueError naming the option."""
-    with pytest.raises(ValueError, match="since"):
-        parse_since(text)
-
-
-def test_parse_time_and_bounds() -> None:
-    """Dates are midnight UTC, naive times UTC; --since counts back from now."""
-    assert parse_time("2025-03-03") == H0
-    assert parse_time("2025-03-03T01:00:00+01:00") == H0
-    assert parse_time(ms(H0)) == H0
-    now = H0 + DAY
-    assert time_bounds("24h", None, None, now=now) == (ms(H0), None)
-    assert time_bounds(None, None, None, now=now) == (ms(now - 7 * DAY), None)
-    assert time_bounds(None, "2025-03-03", "2025-03-04", now=now) == (ms(H0), ms(H0 + DAY))
-    with pytest.raises(ValueError, match="either"):
-        time_bounds("7d", "2025-03-03", None)
-    with pytest.raises(ValueError, match="later"):
-        time_bounds(None, "2025-03-04", "2025-03-03")
-    with pytest.raises(ValueError, match="RFC 3339"):
-        parse_time("last tuesday")
-
-
-def test_quoting() -> None:
-    """Backslash first, then the quote; identifiers in double quotes."""
-    assert quote_literal("o'b\\x") == "'o\\'b\\\\x'"
-    assert quote_ident('we"ird') == '"we\\"ird"'
 
 
 # -- the Python functions against the real server -----------------------------------------
@@ -447,17 +381,6 @@ def test_query_command_bad_input(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
-
-
-def test_query_command_unreachable_influxdb(capsys: pytest.CaptureFixture[str]) -> None:
-    """Exit code 1 and the reason."""
-    settings = load_settings(
-        None, influx={"api": "v1", "url": f"http://127.0.0.1:{free_port()}", "database": "x"}
-    )
-    assert query_command(settings, "bouts", "t1") == 1
-    assert "cannot query InfluxDB" in capsys.readouterr().err
-    file_store = load_settings(None, influx={"api": "file"})
-    assert query_command(file_store, "bouts", "t1") == 2
 
 
 # -- docs/analysts.md: every example runs and answers what it claims ----------------------

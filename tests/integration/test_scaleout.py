@@ -12,115 +12,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MqttProbe, wait_for
-from servers import InfluxDB1Server, MosquittoServer, free_port
+
+from tests.support.gateway_process import GatewayProcess
+from tests.support.harness import MqttProbe, settings_against, wait_for
+from tests.support.roster import roster
+from tests.support.servers import InfluxDB1Server, MosquittoServer
 
 READINGS_PER_CUFF = 30
-TEAMS = {"t1": ("a1", "a2", "a3"), "t2": ("b1", "b2", "b3")}
+SQUAD = {"t1": ("a1", "a2", "a3"), "t2": ("b1", "b2", "b3")}
+TEAMS = roster({team: {c: f"{c}-ath" for c in cuffs} for team, cuffs in SQUAD.items()})
 CROSSING = {"t1": "a2", "t2": "b3"}  # one cuff per team goes over the hard ceiling once
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
-
-
-def _toml(*, instance: str, broker_url: str, topic_root: str, spool: Path, health_port: int,
-          influx_url: str, db: str, teams: tuple[str, ...] = (),
-          shared_group: str | None = None) -> str:
-    lines = [
-        f'instance = "{instance}"', f'topic_root = "{topic_root}"',
-        "[broker]", f'url = "{broker_url}"', "protocol = 5",
-        f"teams = {json.dumps(list(teams))}",
-    ]
-    if shared_group:
-        lines.append(f'shared_group = "{shared_group}"')
-    lines += [
-        "[influx]", 'api = "v1"', f'url = "{influx_url}"', f'database = "{db}"',
-        "[spool]", f'dir = "{spool}"', "max_bytes = 67108864",
-        "[health]", 'host = "127.0.0.1"', f"port = {health_port}",
-    ]
-    for team, cuffs in TEAMS.items():
-        lines.append(f"[teams.{team}.cuffs]")
-        lines += [f'{c} = {{ athlete = "{c}-ath", limb = "left_leg" }}' for c in cuffs]
-    return "\n".join(lines) + "\n"
-
-
-class GatewayProc:
-    """`python -m ops.cli run -c FILE` with its own instance, client id and spool."""
-
-    def __init__(self, tmp: Path, name: str, toml: str, health_port: int) -> None:
-        self.config = tmp / f"{name}.toml"
-        self.config.write_text(toml)
-        self.port = health_port
-        self.log = (tmp / f"{name}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CUFFWATCH_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "run", "-c", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
-
-    def _get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as err:
-            with err:
-                return int(err.code), err.read().decode()
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, f"gateway exited; see {self.log.name}"
-        with contextlib.suppress(OSError):
-            return self._get("/readyz")[0] == 200
-        return False
-
-    def metric(self, name: str) -> float:
-        status, text = self._get("/metrics")
-        assert status == 200
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return 0.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @contextlib.asynccontextmanager
 async def gateway_processes(
     *, mosquitto: MosquittoServer, influxdb: InfluxDB1Server, db: str, topic_root: str,
     tmp: Path, partitions: list[dict[str, Any]],
-) -> AsyncIterator[list[GatewayProc]]:
-    """One ready gateway process per partition (kwargs of `_toml`), stopped afterwards."""
-    procs: list[GatewayProc] = []
+) -> AsyncIterator[list[GatewayProcess]]:
+    """One ready gateway process per partition (its `[broker]` keys), stopped afterwards."""
+    procs: list[GatewayProcess] = []
     try:
-        for k, part in enumerate(partitions):
-            port = free_port()
+        for k, broker in enumerate(partitions):
             name = f"gw{k}"
-            toml = _toml(instance=f"{topic_root[:8]}-{name}", broker_url=mosquitto.url,
-                         topic_root=topic_root, spool=tmp / name, health_port=port,
-                         influx_url=influxdb.url, db=db, **part)
-            procs.append(GatewayProc(tmp, name, toml, port))
+            settings = settings_against(mosquitto, influxdb, db, topic_root, tmp / name,
+                                        teams=TEAMS, instance=f"{topic_root[:8]}-{name}",
+                                        broker=broker)
+            procs.append(GatewayProcess.for_settings(settings, tmp, name).start())
         for p in procs:
-            await wait_for(p.ready, timeout=READY_TIMEOUT_S, what=f"{p.config.name} ready")
+            await asyncio.to_thread(p.wait_ready)
         await asyncio.sleep(0.3)  # SUBACK before the cuffs publish
         yield procs
     finally:
@@ -135,7 +61,7 @@ def _reading(seq: int, ts: int, pressure: float = 4.0) -> dict[str, Any]:
 
 def _publish_squad(dev: MqttProbe, topic_root: str, start_ms: int) -> None:
     """READINGS_PER_CUFF per cuff, alternating single objects and arrays of 3."""
-    for team, cuffs in TEAMS.items():
+    for team, cuffs in SQUAD.items():
         for cuff in cuffs:
             topic = f"{topic_root}/{team}/cuffs/{cuff}/telemetry"
             seq = 0
@@ -174,8 +100,8 @@ async def test_by_team_partition_stores_each_reading_once_and_raises_each_alert_
     *, mosquitto: MosquittoServer, influxdb: InfluxDB1Server, influx_db: str, topic_root: str,
     tmp_path: Path, now_ms: int,
 ) -> None:
-    partitions: list[dict[str, Any]] = [{"teams": ("t1",)}, {"teams": ("t2",)}]
-    total = READINGS_PER_CUFF * sum(len(c) for c in TEAMS.values())
+    partitions: list[dict[str, Any]] = [{"teams": ["t1"]}, {"teams": ["t2"]}]
+    total = READINGS_PER_CUFF * sum(len(c) for c in SQUAD.values())
     processes = gateway_processes(mosquitto=mosquitto, influxdb=influxdb, db=influx_db,
                                   topic_root=topic_root, tmp=tmp_path, partitions=partitions)
     async with processes as (gw1, gw2), \
@@ -191,18 +117,16 @@ async def test_by_team_partition_stores_each_reading_once_and_raises_each_alert_
         await wait_for(lambda: len(_firing(staff, topic_root)) == len(CROSSING),
                        what="one firing alert per crossing cuff")
         await asyncio.sleep(1.0)  # time for a duplicate, were there one
-        accepted = [await asyncio.to_thread(g.metric, "cuffwatch_readings_accepted_total")
-                    for g in (gw1, gw2)]
-        alerts = [await asyncio.to_thread(g.metric, "cuffwatch_alerts_published_total")
-                  for g in (gw1, gw2)]
+        accepted = [g.metric("cuffwatch_readings_accepted_total") for g in (gw1, gw2)]
+        alerts = [g.metric("cuffwatch_alerts_published_total") for g in (gw1, gw2)]
 
     stored = await asyncio.to_thread(_stored_by_cuff, influxdb, influx_db)
-    for team, cuffs in TEAMS.items():
+    for team, cuffs in SQUAD.items():
         for cuff in cuffs:
             extra = 1 if CROSSING[team] == cuff else 0
             seqs = stored[(team, cuff)]
             assert sorted(seqs) == list(range(READINGS_PER_CUFF + extra)), (team, cuff)
-    per_team = READINGS_PER_CUFF * len(TEAMS["t1"]) + 1
+    per_team = READINGS_PER_CUFF * len(SQUAD["t1"]) + 1
     assert accepted == [per_team, per_team]  # each team wholly on its own gateway, once
     firing = _firing(staff, topic_root)
     assert Counter(firing) == {(t, c, "over_pressure"): 1 for t, c in CROSSING.items()}
@@ -239,7 +163,6 @@ async def test_shared_subscription_on_mosquitto_splits_one_cuff_across_gateways(
             dev.publish(topic, _reading(seq, now_ms + seq * 1000))
         await wait_for(lambda: _stored_count(influxdb, influx_db) == READINGS_PER_CUFF,
                        what="the cuff's readings in InfluxDB")
-        accepted = [await asyncio.to_thread(g.metric, "cuffwatch_readings_accepted_total")
-                    for g in (gw1, gw2)]
+        accepted = [g.metric("cuffwatch_readings_accepted_total") for g in (gw1, gw2)]
     assert sum(accepted) == READINGS_PER_CUFF  # each message to one member of the group
     assert min(accepted) > 0, accepted  # ...but one cuff's messages went to both gateways

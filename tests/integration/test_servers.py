@@ -13,8 +13,10 @@ from typing import Any
 
 import gmqtt
 import pytest
-from pki import make_pki
-from servers import (
+
+from tests.support.paths import REPO
+from tests.support.pki import make_pki
+from tests.support.servers import (
     LOOPBACK,
     InfluxDB1Server,
     MissingBinaryError,
@@ -341,9 +343,8 @@ LEAKY_TESTS = textwrap.dedent(
 
 def test_lingering_task_fails_the_test(pytester: pytest.Pytester) -> None:
     """The autouse leak check fails only the test that left a task, and names the task."""
-    here = Path(__file__).parent
-    pytester.makeconftest((here / "conftest.py").read_text())
-    pytester.makepyfile(servers=(here / "servers.py").read_text(), test_leaky=LEAKY_TESTS)
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())  # the leak check's home
+    pytester.makepyfile(test_leaky=LEAKY_TESTS)
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "filterwarnings = error\n"

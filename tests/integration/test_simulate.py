@@ -18,7 +18,6 @@ from typing import Any, Literal, Self
 import gmqtt
 import pytest
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from servers import MosquittoServer
 
 from gateway.decode import decode_readings, decode_status
 from sim.simulate import (
@@ -29,6 +28,7 @@ from sim.simulate import (
     generated_squad,
     run_simulation,
 )
+from tests.support.servers import MosquittoServer
 
 WAIT_S = 20.0  # waits for the broker return as soon as their condition holds
 

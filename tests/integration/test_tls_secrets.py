@@ -11,10 +11,8 @@ import asyncio
 import base64
 import contextlib
 import os
-import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -23,36 +21,26 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from harness import (
-    MqttProbe,
-    gateway_settings,
-    running_gateway,
-    wait_for,
-    write_config,
-)
-from pki import Pki, make_pki
-from receivers import (
-    HttpReceiver,
-    http_receiver,
-)
-from servers import (
+
+from core.config import Settings, load_settings
+from gateway.app import Gateway
+from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
+from tests.support.harness import MqttProbe, gateway_settings, running_gateway, wait_for
+from tests.support.pki import Pki, make_pki
+from tests.support.receivers import HttpReceiver
+from tests.support.roster import roster
+from tests.support.servers import (
     HTTPResponse,
     InfluxDB1Server,
     MosquittoServer,
     ServerError,
     free_port,
     http_request,
+    start_or_fail,
 )
 
-from core.config import Settings, load_settings
-from gateway.app import Gateway
-
-REPO = Path(__file__).parent.parent
-TEAMS: dict[str, Any] = {
-    "t1": {"cuffs": {"c1": {"athlete": "a-1", "limb": "left_leg"}}},
-}
+TEAMS = roster({"t1": {"c1": "a-1"}})
 STOP_BOUND_S = 15.0  # a stopping gateway drains in well under this; beyond it, it is stuck
 REFUSED_ATTEMPTS = 2  # connection attempts the broker must have refused before we judge
 CHECK_TIMEOUT_S = 60.0  # `cuffwatch check` subprocess: start-up plus its own 5 s per check
@@ -143,19 +131,6 @@ class HttpsInfluxDB(InfluxDB1Server):
         return self._query(influxql, db)
 
 
-def _start(server: HttpsInfluxDB) -> HttpsInfluxDB:
-    try:
-        return server.start()
-    except ServerError as error:
-        server.close()
-        pytest.fail(f"could not start {server.name}: {error}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture(scope="module")
 def rogue_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Another CA: its server certificate is valid, for a CA nobody told the gateway about."""
@@ -164,7 +139,7 @@ def rogue_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def https_influx(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[HttpsInfluxDB]:
-    server = _start(HttpsInfluxDB(tmp_path_factory.mktemp("influx-https"), pki))
+    server = start_or_fail(lambda: HttpsInfluxDB(tmp_path_factory.mktemp("influx-https"), pki))
     yield server
     server.close()
 
@@ -323,10 +298,7 @@ async def test_server_certificate_from_an_unknown_ca_is_refused(
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=CHECK_TIMEOUT_S, check=False, env={**os.environ, **(env or {})},
-    )
+    return run_cuffwatch(*args, env=env, timeout=CHECK_TIMEOUT_S)
 
 
 async def test_cuffwatch_check_reports_ok_for_mqtts_and_https(
@@ -391,38 +363,22 @@ def leaked(text: str) -> list[str]:
 
 
 @pytest.fixture
-async def hook() -> AsyncIterator[HttpReceiver]:
-    """A local JSON webhook (Apprise `json://`): records each push with its path and headers."""
-    async with http_receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
 def auth_influx(tmp_path: Path) -> Iterator[HttpsInfluxDB]:
     """A private influxd with authentication on; its only user is the gateway's writer."""
-    server = _start(HttpsInfluxDB(tmp_path / "influx-auth", None, (INFLUX_USER, INFLUX_PW)))
+    server = start_or_fail(
+        lambda: HttpsInfluxDB(tmp_path / "influx-auth", None, (INFLUX_USER, INFLUX_PW)))
     server.create_database("bfr")
     yield server
     server.close()
 
 
-async def readyz(port: int) -> bool:
-    try:
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=1)
-        ) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
-
-
 async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
-    make_mosquitto: Callable[..., MosquittoServer], auth_influx: HttpsInfluxDB, hook: HttpReceiver,
-    topic_root: str, tmp_path: Path,
+    make_mosquitto: Callable[..., MosquittoServer], auth_influx: HttpsInfluxDB,
+    receiver: HttpReceiver, topic_root: str, tmp_path: Path,
 ) -> None:
     broker = make_mosquitto(users={"gateway": BROKER_PW, "probe": PROBE_PW})
     (tmp_path / "hook.url").write_text(
-        f"json://{HOOK_USER}:{HOOK_PW}@127.0.0.1:{hook.port}/hooks/{HOOK_TOKEN}\n")
+        f"json://{HOOK_USER}:{HOOK_PW}@127.0.0.1:{receiver.port}/hooks/{HOOK_TOKEN}\n")
     (tmp_path / "dead.url").write_text(f"json://u:{DEAD_PW}@127.0.0.1:{free_port()}/{DEAD_TOKEN}")
     health = free_port()
     teams = {"t1": {**TEAMS["t1"], "routes": [
@@ -437,22 +393,14 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
     config = write_config(tmp_path / "cuffwatch.toml", settings)
     assert leaked(config.read_text()) == []  # the file itself holds no secret
     env = {
-        **os.environ,
         "CUFFWATCH_BROKER__PASSWORD": BROKER_PW,
         "CUFFWATCH_INFLUX__PASSWORD": INFLUX_PW,
         "CUFFWATCH_INFLUX__TOKEN": INFLUX_TOKEN,
     }
-    log_path = tmp_path / "gateway.log"
+    gw = GatewayProcess(config, health, tmp_path / "gateway.log", options=("-v",), env=env)
     now = int(time.time() * 1000)
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ops.cli", "-v", "run", "-c", str(config),
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
     try:
-        await wait_for(lambda: proc.returncode is not None or readyz(health),
-                       what="the gateway ready")
-        assert proc.returncode is None, log_path.read_text()
+        await gw.started()
         async with MqttProbe(broker.host, broker.port, username="probe",
                              password=PROBE_PW) as dev:
             await dev.subscribe(f"{topic_root}/#")
@@ -466,17 +414,14 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
                            what="the rejection published")
             await wait_for(lambda: dev.json(f"{topic_root}/t1/alerts/c1/over_pressure"),
                            what="the alert published")
-            await wait_for(lambda: hook.received, what="the alert pushed to the webhook")
-        assert hook.received[0].path == f"/hooks/{HOOK_TOKEN}"  # the secret URL was used...
+            await wait_for(lambda: receiver.received, what="the alert pushed to the webhook")
+        assert receiver.received[0].path == f"/hooks/{HOOK_TOKEN}"  # the secret URL was used...
         expected_auth = base64.b64encode(f"{HOOK_USER}:{HOOK_PW}".encode()).decode()
-        assert hook.received[0].headers["Authorization"] == f"Basic {expected_auth}"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), STOP_BOUND_S) == 0
+        assert receiver.received[0].headers["Authorization"] == f"Basic {expected_auth}"
+        assert await gw.terminated(STOP_BOUND_S) == 0  # SIGTERM
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    text = log_path.read_text("utf-8", "replace")
+        gw.kill()
+    text = gw.log_path.read_text("utf-8", "replace")
     assert " DEBUG " in text  # -v really logged at DEBUG
     assert "rejected" in text
     assert "over_pressure" in text
@@ -485,8 +430,7 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
     for extra in ({}, {"CUFFWATCH_BROKER__PASSWORD": "wrong-" + BROKER_PW,
                        "CUFFWATCH_INFLUX__PASSWORD": "wrong-" + INFLUX_PW}):
         done = await asyncio.to_thread(run_cli, "-v", "check", "-c", str(config),
-                                       env={k: v for k, v in env.items()
-                                            if k.startswith("CUFFWATCH_")} | extra)
+                                       env=env | extra)
         out = done.stdout + done.stderr
         assert ("FAIL" in out) == bool(extra), out
         assert leaked(out) == [], f"secrets in `cuffwatch check` output:\n{out}"

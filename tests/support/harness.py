@@ -1,27 +1,26 @@
-"""Helpers for integration tests: a gateway in-process, an MQTT test client, polling waits."""
+"""A gateway in-process, an MQTT test client, polling waits, and the settings they use.
+
+A gateway as a child process (`cuffwatch run -c FILE`) is `gateway_process.GatewayProcess`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from servers import dump_toml
 
 from core.config import Settings, load_settings
 from gateway.app import Gateway
+from tests.support.servers import InfluxDB1Server, MosquittoServer
 
 WAIT_TIMEOUT_S = 20.0  # generous: a loaded 2-core CI box; waits return as soon as true
 
@@ -89,17 +88,25 @@ class MqttProbe:
         return [json.loads(p) for p, _ in self.messages.get(topic, []) if p]
 
 
+def influx_v1(influxdb: InfluxDB1Server, db: str, **options: Any) -> dict[str, Any]:
+    """The `[influx]` settings of a gateway writing to database `db` on a test InfluxDB 1.x."""
+    return {"api": "v1", "url": influxdb.url, "database": db, **options}
+
+
 def gateway_settings(
-    *, broker_url: str, topic_root: str, spool_dir: Path, teams: dict[str, Any],
+    *, broker_url: str, topic_root: str, spool_dir: Path, teams: Mapping[str, Any],
     influx: dict[str, Any] | None = None, protocol: int = 5, instance: str | None = None,
     alerts: dict[str, Any] | None = None, health: dict[str, Any] | None = None,
-    spool_max_bytes: int = 64 << 20, **extra: Any,
+    spool_max_bytes: int = 64 << 20, broker: Mapping[str, Any] | None = None, **extra: Any,
 ) -> Settings:
-    """Settings for a test gateway: health on a free port, its own spool and client id."""
+    """Settings for a test gateway: health on a free port, its own spool and client id.
+
+    `broker` adds `[broker]` keys (teams, shared_group, TLS files…) to the url and protocol.
+    """
     return load_settings(
         instance=instance or f"gw-{uuid.uuid4().hex[:8]}",
         topic_root=topic_root,
-        broker={"url": broker_url, "protocol": protocol, "username": "gateway"},
+        broker={"url": broker_url, "protocol": protocol, "username": "gateway", **(broker or {})},
         influx=influx or {"api": "file", "file_dir": str(spool_dir / "lines")},
         spool={"dir": str(spool_dir), "max_bytes": spool_max_bytes},
         health=health or {"host": "127.0.0.1", "port": 0},
@@ -107,6 +114,15 @@ def gateway_settings(
         teams=teams,
         **extra,
     )
+
+
+def settings_against(mosquitto: MosquittoServer, influxdb: InfluxDB1Server, db: str,
+                     topic_root: str, spool_dir: Path, *, teams: Mapping[str, Any],
+                     influx_options: Mapping[str, Any] | None = None, **extra: Any) -> Settings:
+    """`gateway_settings` for a gateway on `mosquitto` writing to database `db` of `influxdb`."""
+    return gateway_settings(broker_url=mosquitto.url, topic_root=topic_root, spool_dir=spool_dir,
+                            teams=teams, influx=influx_v1(influxdb, db, **(influx_options or {})),
+                            **extra)
 
 
 @contextlib.asynccontextmanager
@@ -123,81 +139,3 @@ async def running_gateway(settings: Settings, **kwargs: Any) -> AsyncIterator[Ga
     finally:
         gw.stop()
         await asyncio.wait_for(task, 30)
-
-
-def write_config(path: Path, settings: Settings) -> Path:
-    """Write settings as a cuffwatch.toml a gateway process can load (secrets excluded)."""
-    import tomllib  # noqa: F401 - the format we emit must load back with it
-
-    data = settings.model_dump(mode="json", exclude_none=True)
-    path.write_text(dump_toml(data))
-    return path
-
-
-class GatewayProcess:
-    """`cuffwatch run -c FILE` as a real child process: start, SIGTERM, SIGKILL, RSS."""
-
-    def __init__(self, config: Path, health_port: int, log_path: Path) -> None:
-        self.config = config
-        self.health_port = health_port
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> GatewayProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-            [sys.executable, "-m", "ops.cli", "run", "-c", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent,
-        )
-        log.close()
-
-        async def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                async with aiohttp.ClientSession() as http, http.get(
-                    f"http://127.0.0.1:{self.health_port}/readyz",
-                    timeout=aiohttp.ClientTimeout(total=1),
-                ) as resp:
-                    return resp.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                return False
-
-        await wait_for(ready, what=f"gateway ready\n{self.log_tail()}")
-        return self
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    async def terminate(self, within_s: float = 30.0) -> int:
-        """SIGTERM; the exit code once the process has drained and exited."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, within_s)
-
-    def rss_bytes(self) -> int:
-        import psutil
-
-        assert self.proc is not None
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
-
-    async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as http, http.get(
-            f"http://127.0.0.1:{self.health_port}/metrics"
-        ) as resp:
-            return await resp.text()
-
-    async def metric(self, name: str) -> float:
-        for line in (await self.metrics()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"no metric {name}")

@@ -22,10 +22,10 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
 
@@ -347,6 +347,30 @@ class ServerProcess:
         return f"<{type(self).__name__} {state} pid={self.pid} dir={self.tmpdir}>"
 
 
+ServerT = TypeVar("ServerT", bound=ServerProcess)
+
+
+def start_or_fail(make: Callable[[], ServerT]) -> ServerT:  # noqa: RET503 - pytest.fail
+    """Build and start a server for a test; a missing binary or a failed start fails the test.
+
+    Never a skip: under CI a server that cannot run is a red build. (pytest is imported here
+    only: the benchmarks start their servers with `start()` and see the exception.)
+    """
+    import pytest
+
+    server: ServerT | None = None
+    try:
+        server = make()
+        return server.start()
+    except MissingBinaryError as error:
+        failure = str(error)
+    except ServerError as error:
+        failure = f"could not start a test server: {error}"
+    if server is not None:
+        server.close()
+    pytest.fail(failure, pytrace=False)  # outside `except`: no chained traceback noise
+
+
 class _BindRaceError(ServerError):
     """The server lost a race for a port we had probed as free."""
 
@@ -584,6 +608,20 @@ class InfluxDB1Server(ServerProcess):
         response = http_request("POST", url, body=lines.encode())
         if response.status != 204:
             raise ServerHTTPError("POST", url, response.status, response.body)
+
+    def import_file(self, path: Path) -> None:
+        """Load a `# DML` import file (ms precision) with InfluxDB 1.x's own `influx -import`.
+
+        Raise ServerError unless the tool exits 0 having failed no insert.
+        """
+        result = subprocess.run(
+            [find_binary("influx"), "-host", self.host, "-port", str(self.port),
+             "-import", f"-path={path}", "-precision=ms"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or "Failed 0 inserts" not in output:
+            raise ServerError(f"influx -import {path.name} exited {result.returncode}: {output}")
 
     def query_raw(self, db: str, influxql: str, *, epoch: str | None = "ms") -> dict[str, Any]:
         """POST /query and return the decoded JSON; raise on an HTTP or statement error."""

@@ -9,8 +9,6 @@ from collections import defaultdict
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_alert_support import Rig, arm_params, leg_params
-from window_model import RollingMean
 
 from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.window import (
@@ -22,6 +20,8 @@ from alerts.window import (
 )
 from core.model import Severity
 from core.params import RuleParams
+from tests.support.alert_rig import Rig, arm_params, leg_params
+from tests.support.window_model import RollingMean
 
 REP_AMPLITUDE_MMHG = 25.0  # the brief's rep swing: target ± 25 mmHg
 MAX_NOISE_SD_MMHG = 3.0  # sensor + regulation noise of a real cuff: a few mmHg

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_alert_support import T0, Rig, arm_params, ipc_params, leg_params
-from window_model import RollingMean
 
 from alerts.engine import NOTHING, AlertEngine, ulid_factory
 from alerts.model import Alert, AlertKind, AlertState, Change, Transition
 from alerts.window import OcclusionWindow
 from core.model import Severity
 from core.params import RuleParams
+from tests.support.alert_rig import T0, Rig, arm_params, ipc_params, leg_params
+from tests.support.window_model import RollingMean
 
 OP = AlertKind.OVER_PRESSURE
 UP = AlertKind.UNDER_PRESSURE

@@ -22,7 +22,6 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,8 +36,9 @@ from gateway import state
 from gateway.decode import MAX_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE, ReadingIn, RejectReason
 from ingest import lineproto
 from ops.cli import build_parser
+from tests.support.paths import REPO
 
-DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "contract.md"
+DOC_PATH = REPO / "docs" / "contract.md"
 DOC_NAME = "docs/contract.md"
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")

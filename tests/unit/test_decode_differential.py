@@ -15,7 +15,6 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fuzz import load_corpus
 
 from core.seq import SEQ_MODULUS
 from gateway.decode import (
@@ -26,6 +25,7 @@ from gateway.decode import (
     decode_readings,
     decode_readings_strict,
 )
+from tests.support.hostile import load_corpus
 
 
 def outcome(decode: Any, payload: bytes) -> tuple[Any, ...]:

@@ -1,36 +1,29 @@
-"""Deployment files: structure checked offline, broker configs run on a real Mosquitto.
+"""Deployment files, checked offline: compose, Dockerfile, systemd unit, setup-laptop.sh.
 
 Docker cannot run here, so the compose file and the Dockerfile are checked for structure
-and for every path they reference; the Mosquitto configs (the compose one and the ones
-setup-laptop.sh writes) run for real with their paths and ports mapped to the test's.
+and for every path they reference. The Mosquitto configs (the compose one and the ones
+setup-laptop.sh writes) run for real in tests/integration/test_deploy_mosquitto.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import re
 import shlex
-import ssl
 import stat
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
-from gmqtt.mqtt.constants import MQTTv50
-from pki import Pki, make_pki
-from servers import MosquittoServer
-from test_brokerauth import connected, refused
 
-from core.config import HealthSettings, Settings, load_settings
+from core.config import HealthSettings, load_settings
 from ops import brokerauth
-from ops.brokerauth import BrokerFiles, load_credentials, write_broker_files
+from ops.brokerauth import load_credentials, write_broker_files
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -40,8 +33,6 @@ SETUP = DEPLOY / "setup-laptop.sh"
 BROKER_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
 
 _VAR_RE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
-_LISTENER_RE = re.compile(r"^listener (\d+)(?: \S+)?$")
-_NOT_AUTHORIZED = 0x87
 
 
 def interpolate(text: str, env: Mapping[str, str] | None = None) -> str:
@@ -354,132 +345,3 @@ def test_setup_script_parses_and_fits_the_other_files() -> None:
     assert parsed.out
     assert parsed.credentials
     assert parsed.gateway_password_file
-
-
-def _heredocs(text: str, tag: str) -> list[str]:
-    """The bodies of the script's `<<'TAG'` here-documents, in order."""
-    return re.findall(rf"<<'{tag}'\n(.*?)\n{tag}\n", text, re.S)
-
-
-# -- broker configurations on a real Mosquitto ---------------------------------------------------
-
-
-class ConfMosquitto(MosquittoServer):
-    """Mosquitto running a deployment's config, its paths and listener ports mapped to ours."""
-
-    def __init__(
-        self,
-        tmpdir: Path,
-        conf: str,
-        *,
-        paths: Mapping[str, str],
-        listeners: Mapping[int, str],
-    ) -> None:
-        """`paths` rewrites path prefixes; `listeners` names each listener port (`default`…)."""
-        extra: dict[str, list[str]] = {name: [] for name in listeners.values() if name != "default"}
-        super().__init__(tmpdir, extra_listeners=extra, allow_anonymous=False)
-        self._conf = conf
-        self._paths = {"/mosquitto/data/": f"{self.persistence_dir}/", **paths}
-        self._listeners = listeners
-
-    def _config_lines(self) -> list[str]:
-        """The deployment's lines with our paths and ports, and our user when root."""
-        lines = []
-        for raw in self._conf.splitlines():
-            line = raw
-            for old, new in self._paths.items():
-                line = line.replace(old, new)
-            match = _LISTENER_RE.match(line)
-            if match:
-                line = f"listener {self.ports[self._listeners[int(match[1])]]} {self.host}"
-            lines.append(line)
-        if os.geteuid() == 0:
-            lines.append(f"user {getpass.getuser()}")
-        return lines
-
-
-@pytest.fixture
-def run_conf(tmp_path: Path) -> Iterator[Callable[..., ConfMosquitto]]:
-    """Start ConfMosquitto brokers for this test; stop them after."""
-    started: list[ConfMosquitto] = []
-
-    def start(conf: str, **kwargs: Any) -> ConfMosquitto:
-        server = ConfMosquitto(tmp_path / f"conf-broker{len(started)}", conf, **kwargs)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Test CA and server certificate, named as the deployments expect (ca.crt, server.*)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def auth(tmp_path: Path) -> tuple[Settings, BrokerFiles, dict[str, str]]:
-    """Broker files for the example roster."""
-    settings = load_settings(EXAMPLE)
-    files = write_broker_files(settings, tmp_path / "auth", credentials=tmp_path / "creds.toml")
-    return settings, files, load_credentials(files.credentials)
-
-
-async def _check_locked_down_tls_broker(
-    server: ConfMosquitto, passwords: dict[str, str], pki: Pki, root: str
-) -> None:
-    """Gateway on the plain listener, a cuff over TLS, anonymous and untrusting refused."""
-    topic = f"{root}/first/cuffs/cw-0007/telemetry"
-    async with (
-        connected(server, "gateway", passwords["gateway"]) as gateway,
-        connected(server, "cw-0007", passwords["cw-0007"], port=server.ports["tls"],
-                  tls=pki.client_context(with_cert=False)) as cuff,
-    ):
-        await gateway.subscribe(f"{root}/#")
-        cuff.publish(topic, b"{}")
-        assert await gateway.receive_until(topic) == [topic]
-    assert (await refused(server, None, None, version=MQTTv50))._code == _NOT_AUTHORIZED
-    with pytest.raises(ssl.SSLCertVerificationError):
-        async with connected(server, "gateway", passwords["gateway"], port=server.ports["tls"],
-                             tls=ssl.create_default_context()):
-            pass
-
-
-async def test_compose_broker_config_runs_locked_down(
-    run_conf: Callable[..., ConfMosquitto],
-    auth: tuple[Settings, BrokerFiles, dict[str, str]],
-    pki: Pki,
-) -> None:
-    settings, files, passwords = auth
-    server = run_conf(
-        BROKER_CONF.read_text(),
-        paths={"/mosquitto/auth/": f"{files.passwd.parent}/",
-               "/mosquitto/certs/": f"{pki.ca_cert.parent}/"},
-        listeners={1883: "default", 8883: "tls"},
-    )
-    await _check_locked_down_tls_broker(server, passwords, pki, settings.topic_root)
-
-
-@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
-async def test_laptop_broker_config_runs_locked_down(
-    run_conf: Callable[..., ConfMosquitto],
-    auth: tuple[Settings, BrokerFiles, dict[str, str]],
-    pki: Pki,
-    tls: bool,
-) -> None:
-    settings, files, passwords = auth
-    limits, tls_listeners, plain_listener = _heredocs(SETUP.read_text(), "CONF")
-    conf = "\n".join([files.conf.read_text(), limits, tls_listeners if tls else plain_listener])
-    server = run_conf(
-        conf,
-        paths={"/etc/mosquitto/certs/cuffwatch/": f"{pki.ca_cert.parent}/"},
-        listeners={1883: "default", 8883: "tls"} if tls else {1883: "default"},
-    )
-    if tls:
-        await _check_locked_down_tls_broker(server, passwords, pki, settings.topic_root)
-    else:
-        assert (await refused(server, None, None, version=MQTTv50))._code == _NOT_AUTHORIZED
-        async with connected(server, "cw-0011", passwords["cw-0011"]):
-            pass

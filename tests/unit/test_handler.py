@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import pytest
-from test_alert_support import FakeClock
 
 from alerts.engine import AlertEngine
 from alerts.engine import Outcome as EngineOutcome
@@ -24,6 +23,7 @@ from gateway.decode import RejectReason
 from gateway.handler import NOTHING_TO_DO, MessageHandler, Store
 from gateway.metrics import Counters, RejectLog
 from gateway.state import Fleet
+from tests.support.alert_rig import FakeClock
 
 T0 = 1_900_000_000.0  # gateway clock, seconds
 TELEMETRY = "bfr/t1/cuffs/c1/telemetry"

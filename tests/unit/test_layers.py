@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
+
+ROOT = REPO
 # lower number = lower layer; a package may import its own modules and lower layers only
 LAYERS = {
     "core": 0,  # domain model, params, config, topics, small helpers: imports no stage

@@ -1,128 +1,29 @@
-"""Line protocol: exact output, a reference parser for every builder, and the real InfluxDB 1.x."""
+"""Line protocol: exact output, and every builder against an InfluxDB 1.x reference parser.
+
+The same records stored in a real InfluxDB 1.x: tests/integration/test_lineproto_influxdb.py.
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from servers import InfluxDB1Server
 
-from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
-from core.model import Limb, Reading, Severity
+from alerts.model import AlertKind, AlertState
+from core.model import Severity
 from ingest import lineproto
-
-# -- a reference parser with InfluxDB 1.x's semantics -----------------------------------------
-
-NAME_ESCAPES = ",= "  # 1.x unescapes `\,` `\=` `\ ` in names; every other backslash is literal
-
-
-def _scan_name(text: str, i: int, stops: str) -> tuple[str, int]:
-    """A measurement/tag/field name up to an unescaped stop; refuses ambiguous backslashes."""
-    out: list[str] = []
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            nxt = text[i + 1] if i + 1 < len(text) else ""
-            # 1.x's scanner skips the byte after any backslash but unescapes only three:
-            # `\\` or a trailing backslash would be read differently by different servers.
-            assert nxt not in ("", "\\"), f"ambiguous backslash in {text!r}"
-            out.append(nxt if nxt in NAME_ESCAPES else "\\" + nxt)
-            i += 2
-            continue
-        if c in stops:
-            break
-        out.append(c)
-        i += 1
-    return "".join(out), i
-
-
-def _scan_value(text: str, i: int) -> tuple[Any, int]:
-    """A field value: quoted string (`\\"` and `\\\\` unescaped), bool, `i` integer or float."""
-    if text[i] == '"':
-        out: list[str] = []
-        i += 1
-        while text[i] != '"':
-            if text[i] == "\\" and text[i + 1] in '"\\':
-                out.append(text[i + 1])
-                i += 2
-            else:
-                out.append(text[i])
-                i += 1
-        return "".join(out), i + 1
-    end = i
-    while end < len(text) and text[end] not in ", ":
-        end += 1
-    token = text[i:end]
-    if token in ("true", "false"):
-        return token == "true", end
-    if token.endswith("i"):
-        return int(token[:-1]), end
-    return float(token), end
-
-
-def parse_line(text: str) -> tuple[str, dict[str, str], dict[str, Any], int]:
-    """measurement, tags, fields, timestamp of one line (no newline allowed inside)."""
-    assert "\n" not in text
-    assert "\r" not in text
-    measurement, i = _scan_name(text, 0, ", ")
-    tags: dict[str, str] = {}
-    while text[i] == ",":
-        key, i = _scan_name(text, i + 1, "=")
-        value, i = _scan_name(text, i + 1, ", ")
-        assert key, "empty tag key"
-        assert value, "empty tag value"
-        tags[key] = value
-    assert text[i] == " "
-    fields: dict[str, Any] = {}
-    i += 1
-    while True:
-        key, i = _scan_name(text, i, "=")
-        value, i = _scan_value(text, i + 1)
-        fields[key] = value
-        if text[i] == " ":
-            break
-        assert text[i] == ","
-        i += 1
-    return measurement, tags, fields, int(text[i + 1 :])
-
-
-# -- fixtures ------------------------------------------------------------------------------
-
-TS = 1_763_900_000_123
-
-
-def reading(**changes: Any) -> Reading:
-    base: dict[str, Any] = {
-        "team": "t1", "cuff": "c7", "athlete": "a-17", "limb": Limb.LEFT_LEG, "ts_ms": TS,
-        "seq": 42, "pressure_mmhg": 151.25, "elapsed_s": 12.5, "inflated": True,
-        "target_mmhg": None, "battery_pct": 88.0, "clock_skew_s": None, "received_ms": TS + 5,
-    }
-    return Reading(**(base | changes))
-
-
-def transition(**changes: Any) -> Transition:
-    base: dict[str, Any] = {
-        "id": "01JDXYZ", "team": "t1", "cuff": "c7", "athlete": "a-17", "limb": "left_leg",
-        "kind": AlertKind.OVER_PRESSURE, "severity": Severity.CRITICAL, "state": AlertState.FIRING,
-        "value": 312.0, "threshold": 300.0, "unit": "mmHg",
-        "message": "a-17 left_leg cuff at 312 mmHg (limit 300)",
-        "started_at_ms": TS, "updated_at_ms": TS + 1000,
-    }
-    return Transition(alert=Alert(**(base | changes)), change=Change.RAISED, push=True)
-
-
-def bout(**changes: Any) -> BoutSummary:
-    base: dict[str, Any] = {
-        "team": "t1", "cuff": "c7", "athlete": "a-17", "limb": "left_leg", "start_ms": TS,
-        "duration_s": 300.5, "mean_pressure_mmhg": 140.0, "min_pressure_mmhg": 120.0,
-        "max_pressure_mmhg": 170.25, "target_mmhg": 132.0, "time_in_band_pct": 93.5, "alerts": 2,
-    }
-    return BoutSummary(**(base | changes))
-
+from tests.support.lineproto_ref import (
+    FINITE,
+    NAMES,
+    TEXT,
+    TS,
+    bout,
+    parse_line,
+    reading,
+    transition,
+)
 
 # -- exact output ----------------------------------------------------------------------------
 
@@ -252,13 +153,6 @@ def test_encode_lines_terminates_every_line_and_survives_lone_surrogates() -> No
 
 # -- properties ------------------------------------------------------------------------------
 
-TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
-HOSTILE = st.lists(
-    st.sampled_from([*',= \\"\n\r\t#é😀\x00', "ab", "\\\\", "\\,"]), max_size=12
-).map("".join)  # the characters line protocol cares about, densely
-NAMES = TEXT | HOSTILE
-FINITE = st.floats(allow_nan=False, allow_infinity=False)
-
 
 @given(
     athlete=NAMES, team=NAMES, cuff=NAMES, pressure=FINITE, elapsed=FINITE,
@@ -307,69 +201,3 @@ def test_normalization_changes_only_what_influxdb_cannot_store(text: str) -> Non
     assert lineproto.normalize_string_field(text).replace(" ", "") == (
         text.replace("\n", "").replace("\r", "").replace(" ", "")
     )
-
-
-# -- the real InfluxDB 1.x ------------------------------------------------------------------
-
-HOSTILE_NAMES = [
-    "a b", "a,b", "a=b", "a\\b", "a\\\\b", "a\\", "\\", "\\,", "a\\ b", 'a"b', "a\\\"b", "#x",
-    "x\ny", "x\r\ny", "\t", " ", "=", ",", "é😀", "\u2028", "O'Brien", "a\x00b", "😀 \\= ,",
-]
-
-
-def _select_one(influxdb: InfluxDB1Server, db: str, measurement: str, ts: int) -> dict[str, Any]:
-    query = f'SELECT * FROM "{measurement}" WHERE time = {ts}ms'
-    rows = influxdb.query(db, query)
-    assert len(rows) == 1, rows
-    return rows[0]
-
-
-def test_hostile_names_are_stored_exactly_as_normalized(
-    influxdb: InfluxDB1Server, influx_db: str
-) -> None:
-    lines = []
-    for i, name in enumerate(HOSTILE_NAMES):
-        r = reading(athlete=name, cuff=f"c{i}", ts_ms=TS + i)
-        lines.append(lineproto.telemetry_line(r, target_mmhg=130.5))
-        t = transition(athlete=name, message=name, acknowledged_by=name, updated_at_ms=TS + i)
-        lines.append(lineproto.alert_line(t))
-    influxdb.write(influx_db, lineproto.encode_lines(lines).decode())
-    for i, name in enumerate(HOSTILE_NAMES):
-        row = _select_one(influxdb, influx_db, "cuff_telemetry", TS + i)
-        assert row["athlete"] == lineproto.normalize_name(name), name
-        assert row["cuff"] == f"c{i}"
-        assert row["pressure_mmhg"] == 151.25
-        assert row["target_mmhg"] == 130.5
-        assert row["seq"] == 42
-        assert row["inflated"] is True
-        alert = _select_one(influxdb, influx_db, "alert", TS + i)
-        assert alert["athlete"] == lineproto.normalize_name(name)
-        assert alert["message"] == lineproto.normalize_string_field(name)
-        assert alert["acknowledged_by"] == lineproto.normalize_string_field(name)
-
-
-_timestamps = itertools.count(TS)
-
-
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(athlete=NAMES.filter(lambda s: lineproto.normalize_name(s) != ""), message=NAMES,
-       pressure=FINITE, elapsed=st.floats(0, 1e6), seq=st.integers(0, 2**32))
-@example(athlete="\\\\", message='\\"', pressure=-0.0, elapsed=5e-324, seq=0)
-@example(athlete="x", message="", pressure=1.7976931348623157e308, elapsed=0.1 + 0.2, seq=2**32)
-def test_arbitrary_values_round_trip_through_influxdb(
-    influxdb: InfluxDB1Server, influx_db: str, *, athlete: str, message: str, pressure: float,
-    elapsed: float, seq: int,
-) -> None:
-    ts = next(_timestamps)
-    r = reading(athlete=athlete, pressure_mmhg=pressure, elapsed_s=elapsed, seq=seq, ts_ms=ts)
-    t = transition(athlete=athlete, message=message, updated_at_ms=ts)
-    body = lineproto.encode_lines([lineproto.telemetry_line(r), lineproto.alert_line(t)])
-    influxdb.write(influx_db, body.decode())
-    row = _select_one(influxdb, influx_db, "cuff_telemetry", ts)
-    assert row["time"] == ts
-    assert row["athlete"] == lineproto.normalize_name(athlete)
-    assert float(row["pressure_mmhg"]) == pressure  # JSON prints a whole float as an integer
-    assert float(row["elapsed_s"]) == elapsed
-    assert row["seq"] == seq
-    alert = _select_one(influxdb, influx_db, "alert", ts)
-    assert alert["message"] == lineproto.normalize_string_field(message)

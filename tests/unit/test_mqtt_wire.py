@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass, field
 
+import gmqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -341,6 +342,27 @@ def test_arbitrary_packets_split_as_the_reference_reader_splits_them(
     sink = Sink(mqtt5)
     assert sink.read(stream) == len(stream) == reference_split(stream)[0]
     assert len(sink.publishes) + len(sink.packets) == len(parts)
+
+
+# -- a resent publish: the link reads its topic back (gmqtt builds the packet) --------------------
+
+
+@pytest.mark.parametrize("payload_bytes", [0, 100, 20_000, 3_000_000])
+def test_the_topic_of_a_resent_publish_is_read_back_whatever_its_length(
+    payload_bytes: int,
+) -> None:
+    # remaining lengths of 1, 2, 3 and 4 bytes (MQTT's variable byte integer)
+    from types import SimpleNamespace
+
+    from gmqtt.mqtt.constants import MQTTv50
+    from gmqtt.mqtt.package import PublishPacket
+    from gmqtt.mqtt.utils import IdGenerator
+
+    topic = "bfr/t1/alerts/c-17_b/over_pressure"
+    message = gmqtt.Message(topic, b"x" * payload_bytes, qos=1, retain=True)
+    protocol = SimpleNamespace(proto_ver=MQTTv50, id_generator=IdGenerator())
+    _mid, packet = PublishPacket.build_package(message, protocol)
+    assert publish_topic(bytes(packet)) == topic
 
 
 # -- PUBACKs -----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_alert_support import FakeClock
 
 from alerts.engine import AlertEngine
 from alerts.engine import Outcome as EngineOutcome
@@ -33,6 +32,7 @@ from core.params import RuleParams
 from gateway.handler import MessageHandler
 from gateway.metrics import Counters, RejectLog
 from gateway.state import Fleet
+from tests.support.alert_rig import FakeClock
 
 T0_MS = 1_900_000_000_000  # true time of a history's start (2030)
 LATENCY_MS = 15  # broker hop: a message arrives this long after its last reading was taken

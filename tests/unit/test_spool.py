@@ -25,6 +25,7 @@ from ingest.spool_record import (
     read_header,
     read_payload,
 )
+from tests.support.paths import REPO
 
 
 def payloads(n: int, size: int = 50) -> list[bytes]:
@@ -306,7 +307,7 @@ def test_synced_records_survive_a_killed_process(tmp_path: Path, ending: str) ->
     subprocess.run(
         [sys.executable, "-c", CRASHER, str(tmp_path), "500", "4096", ending],
         check=False,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO,
     )
     with Spool(tmp_path, segment_bytes=4096) as spool:
         records = [p for _, p in spool.read(0, 1 << 20)]
