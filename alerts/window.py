@@ -2,7 +2,7 @@
 
 Both are amortised O(1) per reading: running sums, evicted from the left. PairedMeans is
 specified as two single-window means fed the same samples; that model, RollingMean, lives
-in tests/window_model.py, where the property tests hold the two together.
+in tests/support/window_model.py, where the property tests hold the two together.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COMPACT_AFTER = 256
 class PairedMeans:
     """Two rolling means over one sample stream (short ⊆ long window), kept in one pass.
 
-    Exactly what two single-window means (tests/window_model.py) fed the same samples
+    Exactly what two single-window means (tests/support/window_model.py) fed the same samples
     give (same resets, same sums in the same order, same caps), at about half the cost:
     one append per sample and the short window's start kept as an index into the long
     window's lists. The rules' 2 s LOP mean and 5 s band mean are such a pair.

@@ -11,8 +11,9 @@ At import the installed gmqtt is checked against VERIFIED_GMQTT_VERSIONS; any ot
 refused with ImportError, because a silently changed internal would break the
 acknowledge-after-fsync guarantee without any test of the happy path failing. To upgrade:
 re-verify every "relies on" comment below against the new gmqtt's source, run
-tests/test_durability.py, tests/test_gateway_e2e.py and tests/test_alerts_e2e.py, then add the
-version to VERIFIED_GMQTT_VERSIONS (and move the pin in pyproject.toml).
+tests/integration/test_durability.py, tests/integration/test_gateway_e2e.py and
+tests/integration/test_alerts_e2e.py, then add the version to VERIFIED_GMQTT_VERSIONS (and
+move the pin in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def check_gmqtt_version(installed: str) -> None:
         f"gmqtt {verified} only. The gateway acknowledges messages after fsync by reaching into "
         "gmqtt's private internals, which an upgrade can change silently. Re-verify every "
         "'relies on' comment in gateway/gmqtt_compat.py against the new gmqtt, run "
-        "tests/test_durability.py, tests/test_gateway_e2e.py and tests/test_alerts_e2e.py, then "
+        "tests/integration/test_durability.py, tests/integration/test_gateway_e2e.py and "
+        "tests/integration/test_alerts_e2e.py, then "
         "add the version to VERIFIED_GMQTT_VERSIONS; or install the pinned gmqtt==0.8.0."
     )
 
