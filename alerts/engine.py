@@ -35,7 +35,7 @@ from ulid import LaxMonotonicPolicy, ULIDGenerator
 from alerts import rules
 from alerts.evidence import CuffEvidence
 from alerts.model import Alert, AlertKind, AlertState, BoutSummary, Change, Transition
-from alerts.rules import Evidence, Judgement, Row, Verdict
+from alerts.rules import CLEAR, Evidence, Judgement, Row, Verdict
 from core.model import Limb, Reading, Severity
 from core.params import RuleParams
 
@@ -47,6 +47,7 @@ _TIMER_DEFAULTS: Final = RuleParams(limb=Limb.LEFT_ARM)
 _FIRING: Final = AlertState.FIRING
 _ACKED: Final = AlertState.ACKNOWLEDGED
 _RESOLVED: Final = AlertState.RESOLVED
+_CUFF_OFFLINE: Final = AlertKind.CUFF_OFFLINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,8 @@ class AlertEngine:
             j = judge_kind(ev, params, now)
             if j.__class__ is Verdict or (alerts and kind in alerts):
                 judge(cuff, kind, j)
+        if alerts and _CUFF_OFFLINE in alerts:
+            judge(cuff, _CUFF_OFFLINE, CLEAR)  # a reading arrived: the cuff is back
         out = self._out
         if not out:
             return NOTHING if ended is None else Outcome((), ended)

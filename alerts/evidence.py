@@ -15,7 +15,7 @@ from alerts.clock import DeviceClock
 from alerts.window import OcclusionWindow, PairedMeans
 from core.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Reading
 from core.params import LOP_MEAN_WINDOW_S, MEAN_WINDOW_S, SESSION_WINDOW_S, RuleParams
-from core.seq import seq_went_back
+from core.seq import SEQ_HALF, SEQ_MODULUS
 
 # elapsed_s restarting inside a bout means a new bout (we missed the deflation) when the new
 # start lies after our last reading; this much slack absorbs device clock jitter and
@@ -172,8 +172,12 @@ class CuffEvidence:
 
     def device_now_ms(self, now: float) -> int:
         """Rule time now, extrapolated from the last reading by the gateway clock."""
-        last = self.last_ts_ms if self.last_ts_ms is not None else round(now * 1000)
-        return last + max(0, round((now - self.last_seen) * 1000))
+        last = self.last_ts_ms
+        if last is None:
+            return round(now * 1000)
+        since = now - self.last_seen
+        # right after a reading (every judge on the hot path) no time has passed
+        return last if since <= 0.0 else last + round(since * 1000)
 
     def _fault(self, i: Fault, now: float, value: float | None, threshold: float | None) -> None:
         self.fault_now = True
@@ -207,7 +211,8 @@ class CuffEvidence:
         self.fault_now = False
         self.battery_pct = battery
         last_seq = self.last_seq
-        seq_back = last_seq is not None and seq_went_back(seq, last_seq)
+        # core.seq.seq_went_back, inlined: a call per reading costs more than the arithmetic
+        seq_back = last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF
         self.last_seq = seq
         plausible = PLAUSIBLE_MIN_MMHG <= x <= PLAUSIBLE_MAX_MMHG
         if not plausible:

@@ -203,11 +203,15 @@ def judge_short_reperfusion(ev: CuffEvidence, p: RuleParams, now: float) -> Judg
 
 def judge_session(ev: CuffEvidence, p: RuleParams, now: float) -> Judgement:
     """Occlusion in the last 60 min ≥ the cap, or (ipc) more bouts in it than allowed."""
-    if not ev.has_reading:
+    last = ev.last_ts_ms
+    if last is None:
         return UNKNOWN
-    now_ms = ev.device_now_ms(now)  # rule time, run on from the last reading
+    # rule time now: `ev.device_now_ms(now)`, inlined (this judge runs after every reading,
+    # when no time has passed since it)
+    since = now - ev.last_seen
+    now_ms = last if since <= 0.0 else last + round(since * 1000)
     # an open bout counts until now; a finished one until its last reading
-    open_until_ms = now_ms if ev.inflated else (ev.last_ts_ms or now_ms)
+    open_until_ms = now_ms if ev.inflated else (last or now_ms)
     per_hour = p.max_bouts_per_hour
     if per_hour is not None:
         n = ev.session.starts_within(now_ms)
@@ -252,11 +256,6 @@ def judge_sensor_fault_now(ev: CuffEvidence, p: RuleParams, now: float) -> Judge
     return judge_sensor_fault(ev, p, now) if ev.fault_now else UNKNOWN
 
 
-def reading_arrived(ev: CuffEvidence, p: RuleParams, now: float) -> Judgement:
-    """cuff_offline after a reading: the cuff is back."""
-    return CLEAR
-
-
 def silent_and_deflated(ev: CuffEvidence, p: RuleParams, now: float) -> Judgement:
     """over_pressure on the timer: a deflated cuff silent for stale_after_s has nothing left
     to judge (else its alert would outlive the cuff's silence)."""
@@ -280,12 +279,11 @@ ON_READING: Final[tuple[tuple[AlertKind, Judge], ...]] = (
     (AlertKind.OVER_TIME, judge_over_time),
     (AlertKind.SHORT_REPERFUSION, judge_short_reperfusion),
     (AlertKind.SESSION_OVER_TIME, judge_session),
-    (AlertKind.CUFF_OFFLINE, reading_arrived),
     (AlertKind.SENSOR_FAULT, judge_sensor_fault_now),
     (AlertKind.BATTERY_LOW, judge_battery),
 )
 # On the timer, for an open alert of the kind: what time alone can change. (cuff_offline is
-# raised by the engine's stale watch, which needs no open alert.)
+# the engine's own: its stale watch and an `offline` status raise it, a reading clears it.)
 ON_TICK: Final[Mapping[AlertKind, Judge]] = {
     AlertKind.OVER_PRESSURE: silent_and_deflated,
     AlertKind.SESSION_OVER_TIME: judge_session,

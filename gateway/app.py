@@ -124,7 +124,6 @@ class Gateway:
             ]
         return filters
 
-
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
