@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -211,6 +212,8 @@ class Route(_Section):
     min_severity: Literal["info", "warning", "critical"] = "warning"
     escalation: bool = False  # true: receives escalations only
     max_per_minute: int = Field(default=30, ge=1)
+    # who a tap on this route's pushes acknowledges as (SPEC §3 `acknowledged_by`)
+    person: Annotated[str, Field(max_length=64)] = ""
 
     @model_validator(mode="after")
     def _one_url(self) -> Self:
@@ -260,10 +263,26 @@ class RosterCuff(_Section):
 
 class Team(_Section):
     name: str = ""
+    timezone: str = "UTC"  # an IANA zone: pushes and dashboards show the team's local time
     alerts: dict[str, Any] = {}  # partial overrides of [alerts]
     routes: list[Route] = []
     athletes: dict[str, Athlete] = {}
     cuffs: dict[Ident, RosterCuff] = {}
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as \"Europe/London\")"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
 class Assignment(BaseModel):

@@ -294,3 +294,33 @@ def test_partial_tables_are_still_checked(tmp_path: Path, text: str, line: str) 
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, text))
     assert info.value.problems == [line]
+
+
+def test_team_timezone_and_route_person(tmp_path: Path) -> None:
+    path = tmp_path / "tz.toml"
+    path.write_text(
+        """
+[teams.t1]
+timezone = "Europe/London"
+[[teams.t1.routes]]
+url = "json://127.0.0.1:9/hook"
+person = "Sam (physio)"
+[teams.t2.cuffs.c2]
+limb = "left_arm"
+"""
+    )
+    settings = load_settings(path)
+    assert settings.teams["t1"].zone.key == "Europe/London"
+    assert settings.teams["t1"].routes[0].person == "Sam (physio)"
+    assert settings.teams["t2"].timezone == "UTC"  # the default
+    assert settings.teams["t2"].routes == []
+
+
+def test_unknown_timezone_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "tz.toml"
+    path.write_text('[teams.t1]\ntimezone = "Europe/Londn"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    (problem,) = info.value.problems
+    assert problem.startswith("teams.t1.timezone:"), problem
+    assert "unknown time zone 'Europe/Londn'" in problem
