@@ -38,6 +38,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     if not verbose:
         for noisy in ("gmqtt", "amqtt", "transitions", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL if quiet else logging.WARNING)
+        # gmqtt warns of a lost connection with a traceback; ours say it in one line
+        logging.getLogger("gmqtt").setLevel(logging.CRITICAL if quiet else logging.ERROR)
     # apprise and urllib3 log whole URLs at DEBUG and INFO; a route's tokens live in its path
     for leaky in ("apprise", "urllib3"):
         logging.getLogger(leaky).setLevel(logging.CRITICAL if quiet else logging.WARNING)
@@ -211,14 +213,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from ops.brokerauth import load_credentials
     from sim import simulate
+    from sim.feed import SimStats
 
     settings = _settings(args)
+    passwords = load_credentials(args.credentials) if args.credentials else None
+    if args.credentials and not passwords:
+        print(f"simulate: {args.credentials}: no [passwords] (run cuffwatch broker-auth)",
+              file=sys.stderr)
+        return 2
     try:
-        options = simulate.options_from_args(args, settings)
+        options = simulate.options_from_args(args, settings, passwords)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    stats = SimStats()
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -227,12 +237,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await simulate.run_simulation(options)
+            await simulate.run_simulation(options, stats=stats)
 
     try:
         asyncio.run(main())
     except simulate.SimulationError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
+        return 1
+    if stats.denied:
+        # MQTT 5 says so in the PUBACK; a 3.1.1 broker drops a refused publish silently
+        print(
+            f"simulate: the broker refused {stats.denied} of "
+            f"{stats.messages + stats.statuses} message(s) (not authorised: check its ACL; "
+            "cuffs connect as themselves with --credentials FILE)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -51,6 +51,7 @@ class SimStats:
     throttled: int = 0  # publishes deferred because the in-flight window was full
     skipped_ticks: int = 0  # samples skipped because a ticker fell > MAX_LAG_S behind
     reconnects: int = 0  # connections re-established after a loss
+    denied: int = 0  # publishes the broker refused (MQTT 5 PUBACK reason >= 0x80: e.g. its ACL)
 
 
 @dataclass(frozen=True, slots=True)

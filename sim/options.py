@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from core.config import ID_PATTERN, BrokerSettings, Settings
@@ -50,6 +52,9 @@ class SimOptions:
     key_file: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # per-cuff credentials (`cuffwatch broker-auth`'s file): each cuff connects as itself
+    # (username = client id = cuff id), as the broker's ACL expects of a device
+    cuff_passwords: Mapping[str, str] | None = field(default=None, repr=False)
     protocol: Literal[5, 3] = 5  # amqtt (the demo's embedded broker) speaks only 3.1.1
     topic_root: str = "bfr"
     rate: float | None = None  # readings/s over the whole squad; None: 1 Hz per cuff
@@ -83,6 +88,21 @@ class SimOptions:
             problems.append("speed must be > 0")
         if self.duration_s is not None and not self.duration_s > 0:
             problems.append("duration must be > 0 s")
+        if self.cuff_passwords is not None:
+            if self.pool:
+                problems.append("per-cuff credentials need one connection per cuff (no --pool)")
+            elif len(self.squad) > PER_CUFF_CLIENTS_MAX and self.pool is None:
+                problems.append(
+                    f"per-cuff credentials need one connection per cuff: over "
+                    f"{PER_CUFF_CLIENTS_MAX} cuffs, say --no-pool"
+                )
+            lacking = [i for i in ids if i not in self.cuff_passwords]
+            if lacking:
+                problems.append(
+                    f"no password for cuff(s) {', '.join(lacking[:5])}"
+                    f"{' …' if len(lacking) > 5 else ''} in the credentials file "
+                    "(`cuffwatch broker-auth` writes one for the roster's cuffs)"
+                )
         known = set(ids)
         problems += [f"fault {f}: no cuff {f.cuff!r} in the squad"
                      for f in self.faults if f.cuff not in known]
@@ -93,6 +113,12 @@ class SimOptions:
     def cuff_hz(self) -> float:
         """Readings per second of each cuff."""
         return DEFAULT_CUFF_HZ if self.rate is None else self.rate / len(self.squad)
+
+    def credentials_for(self, client_id: str) -> tuple[str | None, str | None]:
+        """(username, password) a connection with this client id logs in with."""
+        if self.cuff_passwords is not None and client_id in self.cuff_passwords:
+            return client_id, self.cuff_passwords[client_id]
+        return self.username, self.password
 
     @property
     def pooled(self) -> bool:
@@ -170,13 +196,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"dropout:c002@1m+20s; repeatable. KIND: {kinds}")
     parser.add_argument("--protocol", type=int, choices=(5, 3), default=None,
                         help="MQTT 5 or 3 (3.1.1) (default: the config's broker.protocol)")
+    parser.add_argument("--credentials", type=Path, metavar="FILE",
+                        help="per-cuff passwords (the credentials file `cuffwatch broker-auth` "
+                        "writes): each cuff connects as itself, as the broker's ACL expects; "
+                        "without it every cuff connects as broker.username")
     parser.add_argument("--pool", action=argparse.BooleanOptionalAction, default=None,
                         help=f"share {POOL_CLIENTS} connections instead of one per cuff "
                         f"(default: only above {PER_CUFF_CLIENTS_MAX} cuffs)")
 
 
-def options_from_args(args: argparse.Namespace, settings: Settings) -> SimOptions:
-    """SimOptions from parsed `simulate` flags over the loaded config (ValueError if bad)."""
+def options_from_args(
+    args: argparse.Namespace, settings: Settings, cuff_passwords: Mapping[str, str] | None = None
+) -> SimOptions:
+    """SimOptions from parsed `simulate` flags over the loaded config (ValueError if bad).
+
+    `cuff_passwords`: read by the caller from `--credentials` (ops owns that file's format).
+    """
     if args.cuffs is not None:
         squad = generated_squad(args.cuffs, args.teams, args.seed)
     elif any(team.cuffs for team in settings.teams.values()):
@@ -209,4 +244,5 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> SimOption
         seed=args.seed,
         faults=tuple(args.fault),
         pool=args.pool,
+        cuff_passwords=cuff_passwords,
     )

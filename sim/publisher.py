@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.backoff import backoff_delays
+from gateway import mqtt_wire
 from gateway.gmqtt_compat import ConnectRefused, NoPacketId, gmqtt_tasks, new_client
 from gateway.mqtt import make_ssl_context
 from sim.errors import SimulationError
@@ -64,16 +65,24 @@ class _Link:
         will: Message | None,
         on_connect: Callable[[_Link, bool], None],
         on_disconnect: Callable[[_Link], None],
+        on_refused: Callable[[_Link], None],
     ) -> None:
-        """A client with our id, credentials and last will; `on_*` get this link (and resumed)."""
+        """A client with our id, credentials and last will; `on_*` get this link (and resumed).
+
+        `on_refused`: the broker refused a publish (MQTT 5 PUBACK with a failure reason, e.g.
+        its ACL); MQTT 3.1.1 has no way to say so (Mosquitto drops the message silently).
+        """
         assert will is None or will.retain  # new_client's last will is retained, QoS 1
+        username, password = options.credentials_for(client_id)
         self._client = new_client(
             client_id, protocol=options.protocol, clean_start=True, session_expiry_s=0,
             receive_maximum=RECEIVE_MAXIMUM,
             will=None if will is None else (will.topic, will.payload),
-            username=options.username, password=options.password,
+            username=username, password=password,
         )
         self._client.watch_connection(self._connected, self._disconnected)
+        self._client.watch_pubacks(self._puback)
+        self._on_refused = on_refused
         self._client_id = client_id
         self._protocol = options.protocol
         self._on_connect = on_connect
@@ -112,6 +121,10 @@ class _Link:
         if self._open:
             self._open = False
             await self._client.leave()
+
+    def _puback(self, body: bytes) -> None:
+        if mqtt_wire.puback_refused(body):
+            self._on_refused(self)
 
     def _connected(self, resumed: bool) -> None:
         """Each CONNACK."""
@@ -153,6 +166,7 @@ class _Lane:
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._connections = 0
+        self._refused_logged = False
 
     async def run(self) -> None:
         """Tick until the duration is over (or cancelled), then stop cleanly."""
@@ -176,7 +190,8 @@ class _Lane:
             self._lost.clear()
             link = self._link = _Link(self._client_id, self._options, will=self._feed.will,
                                       on_connect=self._on_connect,
-                                      on_disconnect=self._on_disconnect)
+                                      on_disconnect=self._on_disconnect,
+                                      on_refused=self._on_refused)
             try:
                 await link.connect(host, port, self._tls)
             except (OSError, TimeoutError) as exc:
@@ -200,6 +215,16 @@ class _Lane:
         log.debug("%s: connected (session %s)", self.name, "resumed" if resumed else "new")
         self._feed.announce_all()
         self._connected.set()
+
+    def _on_refused(self, link: _Link) -> None:
+        """The broker refused one of our publishes: count it, say so once per lane."""
+        self._stats.denied += 1
+        if not self._refused_logged:
+            self._refused_logged = True
+            log.warning(
+                "%s: the broker refused a publish from client %s (not authorised? check its "
+                "ACL; per-cuff credentials: --credentials)", self.name, self._client_id,
+            )
 
     def _on_disconnect(self, link: _Link) -> None:
         """Disconnected: hold telemetry and wake the connection loop."""
@@ -321,6 +346,8 @@ async def run_simulation(options: SimOptions, *, stats: SimStats | None = None) 
     finally:
         await _settle(before)
         log.info(
-            "simulation stopped: %d readings in %d messages, %d dropped, %d reconnects",
-            stats.readings, stats.messages, stats.dropped, stats.reconnects,
+            "simulation stopped: %d readings in %d messages, %d dropped, %d refused by the "
+            "broker, %d reconnects",
+            stats.readings, stats.messages, stats.dropped, stats.denied, stats.reconnects,
         )
+
