@@ -369,6 +369,13 @@ class Settings(BaseSettings):
 
     # -- lookups used by the gateway, the rules and the dashboards ---------------------------
 
+    def known_athletes(self, team_id: str) -> frozenset[str]:
+        """The athletes of a team's roster: its athletes tables and its cuffs' owners."""
+        team = self.teams[team_id]
+        return frozenset(team.athletes).union(
+            c.athlete for c in team.cuffs.values() if c.athlete
+        )
+
     def team_alerts(self, team_id: str) -> AlertSettings:
         """[alerts] with the team's overrides applied.
 

@@ -64,6 +64,16 @@ class Topics:
     def ack(self, team: str, cuff: str, kind: str) -> str:
         return f"{self.root}/{team}/alerts/{cuff}/{kind}/ack"
 
+    def reply(self, team: str, client: str) -> str:
+        """Where the gateway answers a staff client's MQTT 5 request (an ack, an assignment)."""
+        return f"{self.root}/{team}/replies/{client}"
+
+    def is_reply_topic(self, team: str, topic: str) -> bool:
+        """Whether `topic` is one of `team`'s reply topics: the only Response Topics the
+        gateway answers on (a request must not make it publish anywhere else)."""
+        prefix = f"{self.root}/{team}/replies/"
+        return topic.startswith(prefix) and _ID_RE.fullmatch(topic[len(prefix):]) is not None
+
     def gateway_status(self, instance: str) -> str:
         return f"{self.root}/_gateway/{instance}/status"
 

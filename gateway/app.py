@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from alerts.notify import Notifier
 from core.config import Settings
 from core.topics import Topics
 from gateway.delivery import AlertDelivery
+from gateway.gmqtt_compat import ReplyTo
 from gateway.handler import Actions, MessageHandler, Store
 from gateway.health import HealthServer
 from gateway.hold import HoldState, StorageHold, encode
@@ -93,6 +95,7 @@ class Gateway:
             will=(self.topics.gateway_status(settings.instance), b"offline"),
             subscriptions=self._subscriptions(),
             on_message_fast=self.on_message,
+            on_request=self.on_request,
             on_flush=self.flush_stage,
             wait_durable=self.pipeline.wait_durable,
             on_connected=self._on_connected,
@@ -224,6 +227,34 @@ class Gateway:
         """
         actions = self.handler.handle(topic, payload, retain, self.clock())
         return self._carry_out(actions)
+
+    def on_request(
+        self, topic: str, payload: bytes, qos: int, retain: bool, reply_to: ReplyTo
+    ) -> FastResult | Staged:
+        """A message whose sender asked for an answer (MQTT 5 Response Topic): as any other,
+        then answer what became of it (`cuffwatch ack`/`assign` wait for this)."""
+        actions = self.handler.handle(topic, payload, retain, self.clock())
+        result = self._carry_out(actions)
+        if not retain:  # a retained copy's sender is not waiting any more
+            self._answer(actions, reply_to)
+        return result
+
+    def _answer(self, actions: Actions, reply_to: ReplyTo) -> None:
+        rejection, answer = actions.rejection, actions.answer
+        if rejection is not None:
+            team = rejection.team
+            body = json.dumps({"ok": False, "reason": rejection.reason.value,
+                               "detail": rejection.detail}).encode()
+        elif answer is not None:
+            team, body = answer.team, answer.to_json()
+        else:
+            return  # not a request we answer (telemetry, status)
+        if not team or not self.topics.is_reply_topic(team, reply_to.topic):
+            # never publish where a sender says: only on its team's reply topics
+            log.debug("not answering on %r: not a reply topic of team %r",
+                      reply_to.topic[:200], team)
+            return
+        self.mqtt.outbound.publish_request(reply_to.topic, body, reply=reply_to)
 
     def _carry_out(self, actions: Actions) -> FastResult | Staged:
         for t in actions.alerts:

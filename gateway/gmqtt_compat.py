@@ -25,6 +25,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import gmqtt
@@ -41,10 +42,31 @@ _GMQTT_LOGGER: Final = "gmqtt"
 # connection) and passes the packets it does not handle itself to the sink, for gmqtt.
 PacketSink = Callable[[int, bytes], None]  # first header byte, body
 Reader = Callable[[bytes, PacketSink], int]
-# A QoS 1 message gmqtt parsed (one with MQTT 5 properties): packet id, payload, topic, retain.
-Qos1Delivery = Callable[[int, bytes, str, int], None]
-# Any other message gmqtt delivers (QoS 0): topic, payload, QoS, retain.
-MessageDelivery = Callable[[str, bytes, int, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """An MQTT 5 request's Response Topic and Correlation Data (§4.10): where to answer."""
+
+    topic: str
+    correlation: bytes | None = None
+
+
+# A QoS 1 message gmqtt parsed (one with MQTT 5 properties): packet id, payload, topic,
+# retain, and where the sender wants an answer (None: it asked for none).
+Qos1Delivery = Callable[[int, bytes, str, int, ReplyTo | None], None]
+# Any other message gmqtt delivers (QoS 0): topic, payload, QoS, retain, reply-to.
+MessageDelivery = Callable[[str, bytes, int, bool, ReplyTo | None], None]
+
+
+def _reply_to(properties: dict[str, Any]) -> ReplyTo | None:
+    # relies on: gmqtt's parsed properties mapping each name to a list of its values
+    topics = properties.get("response_topic")
+    if not topics or not isinstance(topics[0], str):
+        return None
+    correlation = properties.get("correlation_data")
+    data = correlation[0] if correlation and isinstance(correlation[0], bytes) else None
+    return ReplyTo(topics[0], data)
 
 
 def check_gmqtt_version(installed: str) -> None:
@@ -159,10 +181,23 @@ class LinkClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
 
     # -- our publishes -----------------------------------------------------------------------
 
-    def send_publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        """Publish; a QoS 1 one is stored until its PUBACK. NoPacketId if no id is free."""
+    def send_publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool,
+        reply: ReplyTo | None = None, response_topic: str | None = None,
+    ) -> None:
+        """Publish; a QoS 1 one is stored until its PUBACK. NoPacketId if no id is free.
+
+        MQTT 5 only: `reply` answers a request (its Correlation Data goes back with it);
+        `response_topic` makes this publish a request, answered there.
+        """
+        props: dict[str, Any] = {}
+        if reply is not None and reply.correlation is not None:
+            props["correlation_data"] = reply.correlation
+        if response_topic is not None:
+            props["response_topic"] = response_topic
         try:
-            self.publish(topic, payload, qos=qos, retain=retain)
+            # relies on: Client.publish passing extra keywords to Message as MQTT 5 properties
+            self.publish(topic, payload, qos=qos, retain=retain, **props)
         except OverflowError as exc:
             # relies on: IdGenerator raising OverflowError when every packet id its maximum
             # (the broker's Receive Maximum, applied on CONNACK) allows is in use
@@ -229,14 +264,15 @@ class LinkClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
         # which is what sends (or schedules) gmqtt's own PUBACK
         self._package_handler._handle_qos_1_publish_packet = (
             lambda mid, payload, topic, properties: qos1(
-                mid, payload, topic, properties.get("retain", 0)
+                mid, payload, topic, properties.get("retain", 0), _reply_to(properties)
             )
         )
 
         def on_message(
             _client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
         ) -> None:
-            qos0(topic, payload, qos, bool(properties.get("retain", False)))
+            qos0(topic, payload, qos, bool(properties.get("retain", False)),
+                 _reply_to(properties))
 
         self.on_message = on_message
 

@@ -53,6 +53,32 @@ class Store(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What an ack or an assignment did, for a sender that asked (an MQTT 5 request).
+
+    A rejected message answers with its `Rejection` instead (`Gateway.on_request`)."""
+
+    team: str
+    ok: bool
+    reason: str = ""  # why not: a RejectReason value, or `no_open_alert`
+    detail: str = ""
+    alert: Alert | None = None  # the alert an ack acknowledged
+
+    def to_json(self) -> bytes:
+        body: dict[str, object] = {"ok": self.ok}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.detail:
+            body["detail"] = self.detail
+        if self.alert is not None:
+            body["alert"] = self.alert.to_dict()
+        return json.dumps(body).encode()
+
+
+NO_OPEN_ALERT = "no_open_alert"
+
+
+@dataclass(frozen=True, slots=True)
 class Actions:
     """What one message asks of the edge, in this order: publish alerts, reject, store."""
 
@@ -60,6 +86,7 @@ class Actions:
     store: Store = Store.NOTHING
     lines: tuple[str, ...] = ()  # Store.LINES: the record to make durable before the PUBACK
     rejection: Rejection | None = None  # publish on the cuff's `rejected` topic
+    answer: Answer | None = None  # an ack's or assignment's outcome, for a request's sender
 
 
 NOTHING_TO_DO = Actions()
@@ -141,12 +168,21 @@ class MessageHandler:
         if kind is TopicKind.STATUS:
             return self._stored(self._status(team, cuff, payload))
         if kind is TopicKind.ASSIGNMENT:
-            self._assignment(team, cuff, payload)
-        elif kind is TopicKind.ACK:
+            done = self._assignment(team, cuff, payload)
+            return Actions(answer=Answer(team, True, detail=done))
+        if kind is TopicKind.ACK:
             if retain:  # replayed to every new subscription: it would silence forever
                 raise Rejected(RejectReason.RETAINED, RETAINED_ACK)
-            return self._stored(self._ack(team, cuff, parsed.alert_kind or "", payload))
-        elif kind is TopicKind.ALERT and retain and payload:
+            alert_kind = parsed.alert_kind or ""
+            acked = self._ack(team, cuff, alert_kind, payload)
+            if not acked:
+                return Actions(answer=Answer(
+                    team, False, NO_OPEN_ALERT, f"no open {alert_kind} alert on {team}/{cuff}"
+                ))
+            stored = self._stored(acked)
+            return Actions(alerts=stored.alerts, store=stored.store, lines=stored.lines,
+                           answer=Answer(team, True, alert=acked[0].alert))
+        if kind is TopicKind.ALERT and retain and payload:
             self._restore_alert(team, cuff, payload)
         return NOTHING_TO_DO
 
@@ -230,20 +266,28 @@ class MessageHandler:
         return self.engine.on_status(team, cuff, online, athlete=state.athlete,
                                      limb=state.limb.value)
 
-    def _assignment(self, team: str, cuff: str, payload: bytes) -> None:
+    def _assignment(self, team: str, cuff: str, payload: bytes) -> str:
+        """Apply an assignment (or clear it); what was done, in words."""
         state = self.fleet.lookup(team, cuff)
         if not payload.strip():
             state.set_assignment(None)
             log.info("%s/%s: assignment cleared", team, cuff)
-            return
+            return f"{team}/{cuff}: assignment cleared (back to the roster's)"
         try:
             assignment = Assignment.model_validate_json(payload)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "assignment"
             raise Rejected(RejectReason.INVALID_ASSIGNMENT, f"{where}: {first['msg']}") from None
+        if assignment.athlete not in self.settings.known_athletes(state.team):
+            # it would be pushed to staff and stored as a tag: only the roster's athletes
+            raise Rejected(
+                RejectReason.UNKNOWN_ATHLETE,
+                f"athlete {assignment.athlete!r} is not in team {state.team}'s roster",
+            )
         state.set_assignment(assignment)
         log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)
+        return f"{team}/{cuff}: assigned to {assignment.athlete} {state.limb.value}"
 
     def _ack(self, team: str, cuff: str, kind_text: str, payload: bytes) -> Sequence[Transition]:
         state = self.fleet.lookup(team, cuff)

@@ -28,13 +28,14 @@ from gateway.mqtt_inbound import (
     FastResult,
     FlushHandler,
     Inbound,
+    RequestHandler,
     Staged,
 )
 from gateway.mqtt_outbound import Outbound
 
 __all__ = [
     "STAGED", "DurableWaiter", "FastHandler", "FastResult", "FlushHandler", "MqttError",
-    "MqttLink", "Staged", "make_ssl_context",
+    "MqttLink", "RequestHandler", "Staged", "make_ssl_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class MqttLink:
         on_message_fast: FastHandler | None = None,
         on_flush: FlushHandler | None = None,
         wait_durable: DurableWaiter | None = None,
+        on_request: RequestHandler | None = None,
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -123,7 +125,7 @@ class MqttLink:
             self.inbound = Inbound(
                 self.client, self.connected, mqtt5=self._protocol == 5,
                 on_message_fast=on_message_fast, on_flush=on_flush, wait_durable=wait_durable,
-                log=self._log,
+                log=self._log, on_request=on_request,
             )
 
     @property

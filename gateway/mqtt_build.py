@@ -7,7 +7,14 @@ from collections.abc import Callable, Sequence
 from typing import TypedDict, Unpack
 
 from core.config import BrokerSettings
-from gateway.mqtt import DurableWaiter, FastHandler, FlushHandler, MqttLink, make_ssl_context
+from gateway.mqtt import (
+    DurableWaiter,
+    FastHandler,
+    FlushHandler,
+    MqttLink,
+    RequestHandler,
+    make_ssl_context,
+)
 
 
 class LinkOptions(TypedDict, total=False):
@@ -18,6 +25,7 @@ class LinkOptions(TypedDict, total=False):
     subscriptions: Sequence[str]
     on_message_fast: FastHandler | None
     on_flush: FlushHandler | None
+    on_request: RequestHandler | None
     wait_durable: DurableWaiter | None
     on_connected: Callable[[bool], None] | None
     logger: logging.Logger | None

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from gateway import mqtt_wire
-from gateway.gmqtt_compat import LinkClient, PacketSink
+from gateway.gmqtt_compat import LinkClient, PacketSink, ReplyTo
 
 ACK_RETRY_S = 0.5  # a failed fsync: hold the acks and wait for the disk again
 
@@ -42,6 +42,9 @@ STAGED: Final = Staged.STAGED  # a module global: cheaper to reach than the memb
 # it completes; not acknowledged if it is cancelled, so the broker redelivers), or STAGED.
 FastResult = int | Awaitable[object] | None
 FastHandler = Callable[[str, bytes, int, bool], FastResult | Staged]
+# A request (MQTT 5: the message names a Response Topic): as a fast handler, and told where
+# the sender wants the answer. Requests are rare (acks, assignments), so they take gmqtt's path.
+RequestHandler = Callable[[str, bytes, int, bool, ReplyTo], FastResult | Staged]
 FlushHandler = Callable[[], FastResult]
 DurableWaiter = Callable[[int], Awaitable[None]]
 
@@ -59,8 +62,10 @@ class Inbound:
         on_flush: FlushHandler,
         wait_durable: DurableWaiter,
         log: logging.Logger,
+        on_request: RequestHandler | None = None,
     ) -> None:
         self.client = client
+        self._request = on_request
         self.connected = connected
         self.generation = 0  # the connection messages arrive on; older ones' acks are not sent
         self._mqtt5 = mqtt5
@@ -102,16 +107,36 @@ class Inbound:
             self._log.exception("message handler failed on %s", topic[:200])
             return None
 
-    def _deliver_qos0(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        result = self._run_fast(topic, payload, qos, retain)
+    def _run_request(
+        self, topic: str, payload: bytes, qos: int, retain: bool, reply_to: ReplyTo | None
+    ) -> FastResult | Staged:
+        """The request handler for a message that asks for an answer, else the fast one."""
+        if reply_to is None or self._request is None:
+            return self._run_fast(topic, payload, qos, retain)
+        try:
+            return self._request(topic, payload, qos, retain, reply_to)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the others
+            self._log.exception("request handler failed on %s", topic[:200])
+            return None
+
+    def _deliver_qos0(
+        self, topic: str, payload: bytes, qos: int, retain: bool, reply_to: ReplyTo | None
+    ) -> None:
+        result = self._run_request(topic, payload, qos, retain, reply_to)
         if result is STAGED:
             self._flush_staged()  # nothing to acknowledge, but the work must be stored
         elif result is not None and not isinstance(result, int):
             self._track(asyncio.ensure_future(result), [], self.generation)
 
-    def _deliver_qos1(self, mid: int, payload: bytes, topic: str, retain: int) -> None:
+    def _deliver_qos1(
+        self, mid: int, payload: bytes, topic: str, retain: int, reply_to: ReplyTo | None
+    ) -> None:
         # gmqtt's path: a PUBLISH with properties, or received before our reader was installed
-        self._deliver_qos1_plain(mid, payload, topic, retain)
+        if reply_to is None:
+            self._deliver_qos1_plain(mid, payload, topic, retain)
+        else:
+            result = self._run_request(topic, payload, 1, bool(retain), reply_to)
+            self._settle_one(mid, result)
         if self._staged:
             self._flush_staged()
 
@@ -165,7 +190,9 @@ class Inbound:
         self.client.install_reader(read)
 
     def _deliver_qos1_plain(self, mid: int, payload: bytes, topic: str, retain: int) -> None:
-        result = self._run_fast(topic, payload, 1, bool(retain))
+        self._settle_one(mid, self._run_fast(topic, payload, 1, bool(retain)))
+
+    def _settle_one(self, mid: int, result: FastResult | Staged) -> None:
         if result is STAGED:
             self._staged.append(mid)
         elif result is None:

@@ -7,7 +7,7 @@ import logging
 from collections import deque
 
 from gateway import mqtt_wire
-from gateway.gmqtt_compat import LinkClient, NoPacketId
+from gateway.gmqtt_compat import LinkClient, NoPacketId, ReplyTo
 
 # Our QoS 1 publishes held for a packet id: the broker's Receive Maximum caps how many may
 # await its PUBACK (Mosquitto's default: 20), and none are acknowledged while it is away.
@@ -83,6 +83,21 @@ class Outbound:
         except Exception as exc:  # noqa: BLE001 - a closed transport must never break the caller
             self._log.debug("publish to %s failed: %s", topic, exc)
             return False
+
+    def publish_request(
+        self, topic: str, payload: bytes, *, reply: ReplyTo | None = None,
+        response_topic: str | None = None, retain: bool = False,
+    ) -> bool:
+        """MQTT 5 request/response, QoS 1: answer `reply`, or ask for an answer on
+        `response_topic`. Not held (answers are few and their asker waits a bounded time):
+        False if no packet id is free or the transport is closed."""
+        try:
+            self.client.send_publish(topic, payload, qos=1, retain=retain, reply=reply,
+                                     response_topic=response_topic)
+        except Exception as exc:  # noqa: BLE001 - a closed transport must never break the caller
+            self._log.debug("publish to %s failed: %s", topic, exc)
+            return False
+        return True
 
     def _hold(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         if len(self._held) >= HELD_PUBLISHES_MAX:

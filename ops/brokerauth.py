@@ -132,6 +132,7 @@ def _gateway_principal(username: str, root: str) -> Principal:
         Grant("read", f"{root}/#"),
         Grant("write", f"{root}/+/alerts/+/+"),  # alert states and their retained clears
         Grant("write", f"{root}/+/cuffs/+/rejected"),
+        Grant("write", f"{root}/+/replies/+"),  # answers to staff requests (ack, assign)
         Grant("write", f"{root}/_gateway/#"),
     )
     return Principal(username, Role.GATEWAY, None, grants)
@@ -145,6 +146,7 @@ def _staff_principal(team: str, root: str) -> Principal:
         Grant("readwrite", f"{base}/cuffs/+/assignment"),
         Grant("read", f"{base}/cuffs/+/telemetry"),
         Grant("read", f"{base}/cuffs/+/status"),
+        Grant("read", f"{base}/replies/+"),  # the gateway's answers to its acks and assignments
         Grant("read", f"{root}/_gateway/+/status"),  # is anyone watching for alerts?
     )
     return Principal(staff_user(team), Role.STAFF, team, grants)

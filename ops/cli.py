@@ -93,35 +93,56 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBACK
 REFUSAL_GRACE_S = 0.3  # Mosquitto drops a client right after acking a publish its ACL denies
+ANSWER_TIMEOUT_S = 5.0  # ... and this long for the gateway's answer (MQTT 5)
 
 
 class PublishError(OpsError):
     """assign/ack: the broker is unreachable, refused us, or did not take the message."""
 
 
-async def _publish_once(
-    settings: Settings, topic: str, payload: bytes, *, retain: bool, username: str | None
-) -> None:
-    """Connect, publish one QoS 1 message, wait for the broker's PUBACK, disconnect.
+async def _request_once(
+    settings: Settings, team: str, topic: str, payload: bytes, *, retain: bool,
+    username: str | None,
+) -> dict[str, object] | None:
+    """Publish once with QoS 1 and wait for the broker's PUBACK; over MQTT 5, ask the
+    gateway for an answer (Response Topic: the team's reply topic of this client) and
+    return it. None over MQTT 3.1.1, which has no way to ask.
 
     Raises PublishError, never SystemExit: a BaseException raised in a task stops the event
     loop mid-step, and asyncio.run() then cancels gmqtt's unowned tasks, which log tracebacks.
     """
     import uuid
 
+    from core.topics import Topics
     from gateway.mqtt import MqttError
     from gateway.mqtt_build import link_from_settings
 
+    client_id = f"cuffwatch-cli-{uuid.uuid4().hex[:8]}"
+    mqtt5 = settings.broker.protocol == 5
+    reply_topic = Topics(settings.topic_root).reply(team, client_id)
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_answer(_topic: str, body: bytes, _qos: int, _retain: bool) -> None:
+        answers.put_nowait(body)
+
+    async def nothing_to_wait_for(_position: int) -> None:
+        return None
+
     link = link_from_settings(
-        settings.broker, client_id=f"cuffwatch-cli-{uuid.uuid4().hex[:8]}", username=username,
-        clean_start=True,
+        settings.broker, client_id=client_id, username=username, clean_start=True,
+        subscriptions=[reply_topic] if mqtt5 else [],
+        on_message_fast=on_answer, on_flush=lambda: None, wait_durable=nothing_to_wait_for,
     )
     try:
         await link.connect(retry=False)
     except MqttError as exc:
         raise PublishError(str(exc)) from None
     try:
-        link.publish(topic, payload, qos=1, retain=retain)
+        if mqtt5:
+            link.outbound.publish_request(topic, payload, response_topic=reply_topic,
+                                          retain=retain)
+        else:
+            link.publish(topic, payload, qos=1, retain=retain)
         await asyncio.wait_for(link.outbound.publishes_acked(), PUBLISH_ACK_TIMEOUT_S)
         # MQTT 5 says no in the PUBACK; on 3.1.1 Mosquitto only drops the connection
         if link.outbound.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
@@ -129,19 +150,63 @@ async def _publish_once(
             raise PublishError(f"the broker refused the publish to {topic} (not authorised?)")
     except TimeoutError:
         raise PublishError(f"no acknowledgement from the broker for {topic}") from None
+    try:
+        if not mqtt5:
+            return None
+        try:
+            body = await asyncio.wait_for(answers.get(), ANSWER_TIMEOUT_S)
+        except TimeoutError:
+            raise PublishError(
+                f"no answer from the gateway within {ANSWER_TIMEOUT_S:g} s: is `cuffwatch run` "
+                f"up for team {team}?"
+            ) from None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+            raise PublishError(f"an unreadable answer on {reply_topic}")
+        return answer
     finally:
         await link.disconnect()
 
 
-def _publish(
-    command: str, settings: Settings, topic: str, payload: bytes, *, retain: bool,
+def _request(
+    command: str, settings: Settings, team: str, topic: str, payload: bytes, *, retain: bool,
     username: str | None,
-) -> bool:
-    """Publish once; on failure say why on one line of stderr and return False."""
+) -> tuple[bool, dict[str, object] | None]:
+    """`_request_once` as (sent, answer); if not sent, says why on one line of stderr."""
     try:
-        asyncio.run(_publish_once(settings, topic, payload, retain=retain, username=username))
+        return True, asyncio.run(_request_once(settings, team, topic, payload, retain=retain,
+                                               username=username))
     except PublishError as exc:
         print(f"{command}: {exc}", file=sys.stderr)
+        return False, None
+
+
+def _refused(command: str, answer: dict[str, object], more: str = "") -> int:
+    """The gateway said no: one line, exit 1."""
+    said = f"{answer.get('reason', '?')}: {answer.get('detail', '')}".rstrip(": ")
+    print(f"{command}: the gateway refused: {said}{' ' + more if more else ''}", file=sys.stderr)
+    return 1
+
+
+UNCONFIRMED = ("(not confirmed by the gateway: MQTT 3.1.1 has no way to ask for an answer; "
+               "broker.protocol = 5 does)")
+
+
+def _check_roster(command: str, settings: Settings, team: str, cuff: str) -> bool:
+    """With teams configured, the team and the cuff must be in the roster: one line if not."""
+    if not settings.teams:
+        return True  # a config naming no teams: only the gateway's answer can tell
+    config = settings.teams.get(team)
+    if config is None:
+        print(f"{command}: no team {team!r} in the configuration "
+              f"(teams: {', '.join(sorted(settings.teams))})", file=sys.stderr)
+        return False
+    if cuff not in config.cuffs:
+        print(f"{command}: no cuff {cuff!r} in team {team}'s roster "
+              f"(cuffs: {', '.join(sorted(config.cuffs)) or 'none'})", file=sys.stderr)
         return False
     return True
 
@@ -155,9 +220,16 @@ def cmd_assign(args: argparse.Namespace) -> int:
     if not args.clear and not args.athlete:
         print("assign: --athlete is required (or --clear)", file=sys.stderr)
         return 2
+    if not _check_roster("assign", settings, args.team, args.cuff):
+        return 2
     if args.clear:
         payload = b""
     else:
+        known = settings.known_athletes(args.team) if args.team in settings.teams else None
+        if known is not None and args.athlete not in known:
+            print(f"assign: no athlete {args.athlete!r} in team {args.team}'s roster "
+                  f"(athletes: {', '.join(sorted(known)) or 'none'})", file=sys.stderr)
+            return 2
         fields = {
             "athlete": args.athlete,
             "limb": args.limb,
@@ -169,21 +241,48 @@ def cmd_assign(args: argparse.Namespace) -> int:
         }
         assignment = Assignment.model_validate({k: v for k, v in fields.items() if v is not None})
         payload = assignment.model_dump_json(exclude_none=True).encode()
-    if not _publish("assign", settings, topic, payload, retain=True, username=args.username):
+    sent, answer = _request("assign", settings, args.team, topic, payload, retain=True,
+                            username=args.username)
+    if not sent:
         return 1
-    print(f"{'cleared' if args.clear else 'assigned'}: {topic}")
+    if answer is None:
+        print(f"{'cleared' if args.clear else 'assigned'}: {topic} {UNCONFIRMED}")
+        return 0
+    if not answer["ok"]:
+        # the broker keeps the refused message retained, and the gateway refuses it again
+        # at each start: say how to replace it
+        return _refused("assign", answer, "(it stays retained on the broker: assign a "
+                        "valid one, or --clear)" if not args.clear else "")
+    print(f"{'cleared' if args.clear else 'assigned'}: {answer.get('detail', topic)}")
     return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
+    from alerts.model import AlertKind
     from core.topics import Topics
 
     settings = _settings(args)
+    kinds = [k.value for k in AlertKind]
+    if args.kind not in kinds:
+        print(f"ack: no alert kind {args.kind!r} (kinds: {', '.join(kinds)})", file=sys.stderr)
+        return 2
+    if not _check_roster("ack", settings, args.team, args.cuff):
+        return 2
     topic = Topics(settings.topic_root).ack(args.team, args.cuff, args.kind)
     payload = json.dumps({"by": args.by}).encode() if args.by else b""
-    if not _publish("ack", settings, topic, payload, retain=False, username=args.username):
+    sent, answer = _request("ack", settings, args.team, topic, payload, retain=False,
+                            username=args.username)
+    if not sent:
         return 1
-    print(f"acknowledged: {topic}")
+    if answer is None:
+        print(f"acknowledged: {topic} {UNCONFIRMED}")
+        return 0
+    if not answer["ok"]:
+        return _refused("ack", answer)
+    alert = answer.get("alert")
+    said = alert.get("message", "") if isinstance(alert, dict) else ""
+    print(f"acknowledged: {args.kind} on {args.team}/{args.cuff}"
+          + (f" by {args.by}" if args.by else "") + (f" ({said})" if said else ""))
     return 0
 
 

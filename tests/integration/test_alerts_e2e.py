@@ -239,7 +239,8 @@ async def test_ack_by_topic_and_by_cli_silences_then_the_alert_fires_again(
             "--kind", "over_pressure", "--by", "coach",
         )
         assert cli.returncode == 0, cli.stderr
-        assert cli.stdout.strip() == f"acknowledged: {topic}/ack"
+        assert cli.stdout.strip() == ("acknowledged: over_pressure on t1/c1 by coach "
+                                      "(a-1 left_arm cuff at 270 mmHg (limit 250))")
         await wait_for(lambda: len(published(watch, topic)) >= 5, what="CLI ack, then refire")
 
         msgs = published(watch, topic)

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.decode import decode_readings
+from ops.cli import UNCONFIRMED
 from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
 from tests.support.harness import MqttProbe, gateway_settings, influx_v1, wait_for
 from tests.support.roster import prescribed, roster
@@ -47,9 +48,14 @@ def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert not re.search(r"^\S+ \S+ ERROR ", result.stderr, re.MULTILINE), result.stderr
 
 
-def broker_config(path: Path, broker_url: str, topic_root: str) -> Path:
-    """The smallest config assign/ack/simulate need: where the broker is, and the topic root."""
-    path.write_text(f'topic_root = "{topic_root}"\n[broker]\nurl = "{broker_url}"\n')
+def broker_config(path: Path, broker_url: str, topic_root: str, protocol: int = 5) -> Path:
+    """The smallest config assign/ack/simulate need: where the broker is, and the topic root.
+
+    Over MQTT 3.1.1 (`protocol=3`) assign and ack cannot ask a gateway for an answer: they
+    report what the broker did (test_cli_truth.py has them with a gateway, over MQTT 5).
+    """
+    path.write_text(f'topic_root = "{topic_root}"\n'
+                    f'[broker]\nurl = "{broker_url}"\nprotocol = {protocol}\n')
     return path
 
 
@@ -187,13 +193,13 @@ async def retained(broker: MosquittoServer, topic: str, **auth: Any) -> list[tup
 async def test_assign_publishes_a_retained_assignment_and_clear_removes_it(
     mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
 ) -> None:
-    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root)
+    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root, protocol=3)
     topic = f"{topic_root}/t1/cuffs/c7/assignment"
     result = await acli("assign", "-c", str(config), "--team", "t1", "--cuff", "c7",
                         "--athlete", "a-17", "--limb", "left_leg", "--protocol", "bfr",
                         "--lop", "220", "--target-pct", "60", "--max-bout-s", "900")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"assigned: {topic}\n"
+    assert result.stdout == f"assigned: {topic} {UNCONFIRMED}\n"
     assert result.stderr == ""  # a one-shot command prints its result, no log chatter
     [(payload, was_retained)] = await retained(mosquitto, topic)
     assert was_retained
@@ -202,21 +208,21 @@ async def test_assign_publishes_a_retained_assignment_and_clear_removes_it(
 
     result = await acli("assign", "-c", str(config), "--team", "t1", "--cuff", "c7", "--clear")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"cleared: {topic}"
+    assert result.stdout.strip() == f"cleared: {topic} {UNCONFIRMED}"
     assert await retained(mosquitto, topic) == []
 
 
 async def test_ack_publishes_who_acknowledged_without_retaining_it(
     mosquitto: MosquittoServer, topic_root: str, tmp_path: Path,
 ) -> None:
-    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root)
+    config = broker_config(tmp_path / "cuffwatch.toml", mosquitto.url, topic_root, protocol=3)
     topic = f"{topic_root}/t1/alerts/c7/over_pressure/ack"
     async with MqttProbe(mosquitto.host, mosquitto.port) as staff:
         await staff.subscribe(f"{topic_root}/#")
         result = await acli("ack", "-c", str(config), "--team", "t1", "--cuff", "c7",
                             "--kind", "over_pressure", "--by", "Sam Coach")
         assert result.returncode == 0, result.stderr
-        assert result.stdout == f"acknowledged: {topic}\n"
+        assert result.stdout == f"acknowledged: {topic} {UNCONFIRMED}\n"
         assert result.stderr == ""
         await wait_for(lambda: staff.messages.get(topic), what="the ack")
         assert staff.json(topic) == [{"by": "Sam Coach"}]
@@ -247,7 +253,9 @@ async def test_assign_refused_by_the_broker_acl_fails_clearly(
     coach = {"username": "coach", "password": "pw-coach"}
     assert await retained(broker, topic, **coach) == []
 
-    # the same command with a user the ACL lets write: the refusal was the ACL's
+    # the same command with a user the ACL lets write: the refusal was the ACL's (over MQTT
+    # 3.1.1, where no gateway's answer is awaited: there is no gateway here)
+    broker_config(tmp_path / "cuffwatch.toml", broker.url, "bfr", protocol=3)
     allowed = await acli(*args, "--username", "coach",
                          env={"CUFFWATCH_BROKER__PASSWORD": "pw-coach"})
     assert allowed.returncode == 0, allowed.stderr

@@ -22,7 +22,8 @@ from tests.support.servers import InfluxDB1Server, MosquittoServer, VictoriaMetr
 
 TEAMS = roster({"t1": {"c1": "a-17", "c2": ("a-18", "right_arm")},
                 "t2": {"c3": ("b 1,=x", "left_arm")}},
-               athletes={"t1": prescribed("a-17")})
+               # a-99: in the roster, on no cuff (assignments may name only roster athletes)
+               athletes={"t1": {**prescribed("a-17"), "a-99": {}}})
 
 
 def reading(seq: int, ts: int, pressure: float = 130.0, elapsed: float = 5.0,

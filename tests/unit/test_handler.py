@@ -147,7 +147,14 @@ def test_an_ack_silences_and_is_stored_as_a_record_of_its_own() -> None:
         Change.ACKNOWLEDGED, AlertState.ACKNOWLEDGED, "coach")
     assert actions.store is Store.LINES
     assert [line.split(",")[0] for line in actions.lines] == ["alert"]
-    assert rig.send("bfr/t1/alerts/c2/over_pressure/ack", b"") is NOTHING_TO_DO  # nothing open
+    assert actions.answer is not None
+    assert json.loads(actions.answer.to_json()) == {"ok": True, "alert": t.alert.to_dict()}
+    none_open = rig.send("bfr/t1/alerts/c2/over_pressure/ack", b"")
+    assert (none_open.alerts, none_open.store) == ((), Store.NOTHING)  # nothing to store
+    assert none_open.answer is not None
+    assert json.loads(none_open.answer.to_json()) == {
+        "ok": False, "reason": "no_open_alert",
+        "detail": "no open over_pressure alert on t1/c2"}
 
 
 def test_offline_while_inflated_raises_cuff_offline_and_an_assignment_only_changes_state() -> None:
@@ -159,7 +166,10 @@ def test_offline_while_inflated_raises_cuff_offline_and_an_assignment_only_chang
     assert actions.store is Store.LINES
     assert rig.fleet.cuffs["c1"].phase is CuffPhase.OFFLINE
     assigned = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "a7", "limb": "right_leg"})
-    assert assigned is NOTHING_TO_DO
+    assert (assigned.alerts, assigned.store, assigned.rejection) == ((), Store.NOTHING, None)
+    assert assigned.answer is not None
+    assert json.loads(assigned.answer.to_json()) == {
+        "ok": True, "detail": "t1/c1: assigned to a7 right_leg"}
     assert (rig.fleet.cuffs["c1"].athlete, rig.fleet.cuffs["c1"].limb.value) == ("a7", "right_leg")
 
 
