@@ -11,6 +11,7 @@ from rich.text import Text
 
 from alerts.model import AlertState, Change, Transition
 from alerts.notify import RouteStats
+from core.logsafe import escape_controls
 from core.model import Severity
 
 __all__ = ["ConsoleNotifier", "format_transition"]
@@ -43,13 +44,14 @@ def format_transition(transition: Transition) -> Text:
     line.append(f" {change:<12} ", style="bold" if transition.change not in _QUIET_CHANGES else "")
     line.append(f"{a.kind.value} ", style="bold")
     line.append(f"{a.team}/{a.cuff} ")
+    # athlete names, messages naming them and ack names come from MQTT: one line each still
     who = " ".join(p for p in (a.athlete, a.limb) if p)
     if who:
-        line.append(f"{who} ")
+        line.append(f"{escape_controls(who)} ")
     if a.message:
-        line.append(f"— {a.message}")
+        line.append(f"— {escape_controls(a.message)}")
     if a.acknowledged_by:
-        line.append(f" (ack: {a.acknowledged_by})", style="italic")
+        line.append(f" (ack: {escape_controls(a.acknowledged_by)})", style="italic")
     if not transition.push:
         line.append(" [not pushed]", style="dim")
     return line

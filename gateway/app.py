@@ -70,8 +70,9 @@ class Gateway:
         self.fleet = Fleet(settings)
         self.engine = AlertEngine(clock=clock)
         self.counters = Counters()
+        self.rejects = RejectLog(self.counters)
         self.handler = MessageHandler(settings, fleet=self.fleet, engine=self.engine,
-                                      counters=self.counters, rejects=RejectLog(self.counters))
+                                      counters=self.counters, rejects=self.rejects)
         self.notifiers = list(notifiers)
         self.spool = Spool(Path(settings.spool.dir), max_bytes=settings.spool.max_bytes)
         self.pipeline = IngestPipeline(self.spool, sink or make_sink(settings.influx))
@@ -181,6 +182,7 @@ class Gateway:
         await asyncio.shield(self.alert_link.disconnect())
         self._set_status("offline")
         await asyncio.shield(self.mqtt.disconnect())
+        self.rejects.flush(self.clock(), final=True)  # no more messages: what was held back
         await asyncio.shield(self.pipeline.aclose(DRAIN_TIMEOUT_S))
         for n in self.notifiers:
             await asyncio.shield(n.aclose())
@@ -286,6 +288,7 @@ class Gateway:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             transitions = self.handler.tick()
+            self.rejects.flush(self.clock())  # the summary of a flood that has stopped
             if self.mqtt.connected.is_set():
                 self._set_status(self._storage_status())
             if transitions:

@@ -16,6 +16,7 @@ from pathlib import Path
 from alerts.errors import AlertsError
 from core.config import ConfigError, Settings, load_settings
 from core.errors import CoreError
+from core.logsafe import OneLineFormatter
 from dashboards.errors import DashboardsError
 from gateway.errors import GatewayError
 from ingest.errors import IngestError
@@ -30,10 +31,12 @@ QUIET_COMMANDS = frozenset({"assign", "ack", "check"})
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    # one record, one line: messages carry ids, names and details from MQTT (core/logsafe.py)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     if not verbose:
         for noisy in ("gmqtt", "amqtt", "transitions", "aiohttp.access"):

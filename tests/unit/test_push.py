@@ -242,3 +242,18 @@ def test_console_notifier_prints_one_line_per_transition() -> None:
     styled = format_transition(raised(a, push=True))
     assert any("red" in str(span.style) for span in styled.spans)
     assert json.dumps(styled.plain)  # plain text, no markup left in it
+
+
+def test_console_notifier_lines_cannot_be_forged_by_names_from_mqtt() -> None:
+    # the athlete comes from a retained assignment, `acknowledged_by` from an ack's "by"
+    forged = "x\n10:00:00 CRITICAL raised FORGED\x00\u2028"
+    out = io.StringIO()
+    notifier = ConsoleNotifier(Console(file=out, width=400, color_system=None))
+    a = alert(athlete=forged)
+    notifier.submit(raised(a.evolve(message=f"{forged} left_leg cuff at 312 mmHg")))
+    notifier.submit(Transition(a.evolve(acknowledged_by=forged), Change.ACKNOWLEDGED, False))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    escaped = "x\\n10:00:00 CRITICAL raised FORGED\\x00\\u2028"
+    assert f"t1/c7 {escaped} left_leg — {escaped} left_leg cuff at 312 mmHg" in lines[0]
+    assert lines[1].endswith(f"(ack: {escaped}) [not pushed]")
