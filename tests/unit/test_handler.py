@@ -165,12 +165,16 @@ def test_offline_while_inflated_raises_cuff_offline_and_an_assignment_only_chang
     assert [t.alert.kind for t in actions.alerts] == [AlertKind.CUFF_OFFLINE]
     assert actions.store is Store.LINES
     assert rig.fleet.cuffs["c1"].phase is CuffPhase.OFFLINE
-    assigned = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "a7", "limb": "right_leg"})
+    assigned = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "a2", "limb": "right_leg"})
     assert (assigned.alerts, assigned.store, assigned.rejection) == ((), Store.NOTHING, None)
     assert assigned.answer is not None
     assert json.loads(assigned.answer.to_json()) == {
-        "ok": True, "detail": "t1/c1: assigned to a7 right_leg"}
-    assert (rig.fleet.cuffs["c1"].athlete, rig.fleet.cuffs["c1"].limb.value) == ("a7", "right_leg")
+        "ok": True, "detail": "t1/c1: assigned to a2 right_leg"}
+    assert (rig.fleet.cuffs["c1"].athlete, rig.fleet.cuffs["c1"].limb.value) == ("a2", "right_leg")
+    unknown = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "a7"})  # not in the roster
+    assert unknown.rejection is not None
+    assert unknown.rejection.reason is RejectReason.UNKNOWN_ATHLETE
+    assert rig.fleet.cuffs["c1"].athlete == "a2"  # unchanged
 
 
 class _BrokenEngine(AlertEngine):
