@@ -283,7 +283,7 @@ class MessageHandler:
             # it would be pushed to staff and stored as a tag: only the roster's athletes
             raise Rejected(
                 RejectReason.UNKNOWN_ATHLETE,
-                f"athlete {assignment.athlete!r} is not in team {state.team}'s roster",
+                f"athlete '{assignment.athlete}' is not in team {state.team}'s roster",
             )
         state.set_assignment(assignment)
         log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)

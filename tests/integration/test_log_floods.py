@@ -26,7 +26,8 @@ from tests.support.servers import MosquittoServer
 # docs/contract.md: at most 100 rejection lines a minute in all; the contract's number, so
 # that changing gateway.metrics.REJECT_LOG_BUDGET is seen to change the contract
 BUDGET = 100
-TEAMS = roster({"t1": {"c7": "a-17"}}, athletes={"t1": prescribed("a-17")})
+# c7b: no `c{i}` of the flood (x{i}/cuffs/c{i} must stay an unknown team, not a wrong one)
+TEAMS = roster({"t1": {"c7": "a-17", "c7b": "a-18"}}, athletes={"t1": prescribed("a-17")})
 FAKE_IDS = 3_000  # distinct made-up ids: 30 times the budget, sent in a second or two
 PUBACK_WAIT_S = 0.005  # a publisher at the broker's receive maximum retries this often
 FLOOD_WAIT_S = 90.0  # a bound for a loaded 2-core box, never a performance claim
@@ -36,7 +37,9 @@ RECORD_START = re.compile(
 FORGED = "2026-12-07 00:00:00,000 CRITICAL FORGED"
 # a retained assignment's athlete (≤ 64 chars): JSON "\n", "\u0000", "\r", "\u2028", "\u001b"
 FORGED_ATHLETE = f"a\n{FORGED}\x00\r\u2028\x1b[2Jx"
-FORGED_ASSIGNED = f"assigned to a\\n{FORGED}\\x00\\r\\u2028\\x1b[2Jx left_leg"
+# refused (no roster athlete has such a name), and quoted as it was sent in the rejection
+FORGED_REFUSED = (f"unknown_athlete: athlete 'a\\n{FORGED}\\x00\\r\\u2028\\x1b[2Jx' is not "
+                  "in team t1's roster")
 # an ack's topic level, quoted in its rejection; Mosquitto refuses C0 controls in topic
 # names, not a line separator
 FORGED_KIND = f"k\u2028{FORGED}"
@@ -130,13 +133,12 @@ async def test_text_from_mqtt_cannot_forge_a_log_line(
             assignment = f"{topic_root}/t1/cuffs/c7/assignment"
             await publish(probe, assignment, json.dumps({"athlete": FORGED_ATHLETE}).encode(),
                           retain=True)
-            await publish(probe, f"{topic_root}/t1/alerts/c7/{FORGED_KIND}/ack", b"")
+            # on another cuff: each cuff's rejections are logged once a minute
+            await publish(probe, f"{topic_root}/t1/alerts/c7b/{FORGED_KIND}/ack", b"")
 
             async def both_logged() -> bool:
                 text = gw.log_path.read_text(errors="replace")
-                # refused (no roster athlete has such a name) or applied: either way logged
-                return ("unknown_athlete" in text or "assigned to" in text) \
-                    and "no alert kind" in text
+                return "unknown_athlete" in text and "no alert kind" in text
 
             await wait_for(both_logged, what="the assignment and the rejected ack logged")
             await publish(probe, assignment, b"", retain=True)  # leave no retained message
@@ -149,10 +151,10 @@ async def test_text_from_mqtt_cannot_forge_a_log_line(
     lines = log_lines(gw)
     assert not any(line.startswith(FORGED) for line in lines)
     assert "\x00" not in gw.log_path.read_text(errors="replace")
-    [assigned] = [line for line in lines if "assigned to" in line]
-    assert assigned.endswith(f"INFO    cuffwatch.gateway: t1/c7: {FORGED_ASSIGNED}"), assigned
+    [refused] = [line for line in lines if "unknown_athlete" in line]
+    assert f"WARNING cuffwatch.gateway: rejected from t1/c7: {FORGED_REFUSED}" in refused, refused
     [ack] = [line for line in lines if "no alert kind" in line]
-    assert ack.endswith(f"WARNING cuffwatch.gateway: rejected from t1/c7: {FORGED_KIND_REJECTED}")
+    assert ack.endswith(f"WARNING cuffwatch.gateway: rejected from t1/c7b: {FORGED_KIND_REJECTED}")
 
 
 async def test_the_summary_comes_on_a_timer_once_the_interval_is_over(
