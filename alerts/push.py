@@ -55,16 +55,20 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import apprise
 
 from alerts.errors import PushConfigError, PushError, PushFailedError, PushTimeoutError
 from alerts.model import Transition
 from alerts.notify import RouteStats
-from alerts.render import PushMessage, render
+from alerts.render import Directory, PushMessage, render
 from alerts.route_queue import FAILING_AFTER_FAILURES, QueuedPush, RouteQueue, about, is_critical
 from alerts.routes import RouteSpec, routes_from_settings
 from core.backoff import backoff_delays
+
+if TYPE_CHECKING:  # alerts/ imports core.model only at run time (docs/architecture.md)
+    from core.config import Settings
 
 __all__ = [
     "ATTEMPT_TIMEOUT_S",
@@ -159,6 +163,7 @@ class PushDispatcher:
         self,
         routes: Mapping[str, Sequence[RouteSpec]],
         *,
+        directory: Directory | None = None,
         clock: Callable[[], float] = time.monotonic,
         queue_size: int = QUEUE_SIZE,
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
@@ -168,12 +173,17 @@ class PushDispatcher:
         give_up_after_s: float = GIVE_UP_AFTER_S,
         rate_window_s: float = RATE_WINDOW_S,
     ) -> None:
-        """Load every route's URL; raise PushConfigError naming the routes Apprise rejects."""
+        """Load every route's URL; raise PushConfigError naming the routes Apprise rejects.
+
+        `directory`: the names and time zones pushes are written in; without one they show
+        ids and UTC (`from_settings` passes the configuration's).
+        """
         if queue_size < 1 or max_attempts < 1 or attempt_timeout_s <= 0 or rate_window_s <= 0:
             raise ValueError(
                 "queue_size, max_attempts, attempt_timeout_s and rate_window_s must be > 0"
             )
         self._clock = clock
+        self._directory = directory if directory is not None else Directory()
         self._attempt_timeout_s = attempt_timeout_s
         # The waits between one push's attempts: the nominal delay is capped from the first.
         self._retry_delays = functools.partial(
@@ -188,6 +198,16 @@ class PushDispatcher:
         self._routes = [route for team_routes in self._by_team.values() for route in team_routes]
         self._closed = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> PushDispatcher:
+        """The configuration's routes, written in its team and athlete names and time zones.
+
+        Raises PushConfigError naming every route that cannot be used.
+        """
+        return cls(
+            routes_from_settings(settings), directory=Directory.from_settings(settings), **kwargs
+        )
 
     # -- the caller's side (sync, never blocks) ---------------------------------------------
 
@@ -298,7 +318,8 @@ class PushDispatcher:
             if attempt > 1:
                 route.retried += 1
             suppressed = route.suppressed
-            error = await self._attempt(route, obj, render(item.transition, suppressed=suppressed))
+            message = render(item.transition, self._directory, suppressed=suppressed)
+            error = await self._attempt(route, obj, message)
             if error is None:
                 route.suppressed -= suppressed
                 self._delivered(route, item)

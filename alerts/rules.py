@@ -9,7 +9,7 @@ into alert transitions.
 
 Adding a kind touches this module only (and its tests, and docs/contract.md): a member of
 `AlertKind`, its rows, a judge, its entry in `ON_READING` (and `ON_TICK` if time alone can
-change it) and its message in `MESSAGES`.
+change it), its message in `MESSAGES` and its push words in `PUSH_WORDS`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from core.params import (
     BATTERY_LOW_PCT,
     BATTERY_OK_PCT,
     HARD_WINDOW_S,
+    LOP_MEAN_WINDOW_S,
+    MEAN_WINDOW_S,
     SENSOR_FAULT_CLEAR_S,
     UNDER_PRESSURE_AFTER_S,
     RuleParams,
@@ -344,3 +346,72 @@ def _describe(row: Row | None, who: str, value: float | None, threshold: float |
     else:
         template = MESSAGES[row.key]
     return template.format(who=who, v=_num(value), t=_num(threshold))
+
+
+# -- push words ------------------------------------------------------------------------------
+# What a push to a phone says about each row (SPEC §3: "written for a lock screen"); the
+# alert's `message` above is the MQTT contract and stays as it is. alerts/render.py fills
+# the templates: {cuff} is "Left leg cuff" (or "Cuff"), {v} the value and {t} the threshold,
+# each written in the row's unit ("320.5 mmHg", "20 min", "12 %").
+
+
+class PushWords(NamedTuple):
+    """One row in a physio's words: what it is, the numbers, what to do, what ends it."""
+
+    what: str  # the kind in plain words: a push's title ("Pressure too high")
+    fact: str  # the value against its limit
+    action: str  # what to do now
+    ended: str  # what ended it, for the resolution's push ("cuff deflated")
+
+
+_BACK_WITHIN: Final = "pressure back within limits"
+_DEFLATED: Final = "cuff deflated"
+_NO_FAULT: Final = f"no fault for {_num(SENSOR_FAULT_CLEAR_S)} s"
+_CHECK_CUFF: Final = "Check the cuff; restart it if this goes on"
+PUSH_WORDS: Final[Mapping[str, PushWords]] = {
+    "hard_ceiling": PushWords(
+        "Pressure too high", "{cuff} at {v}, limit {t}", "Deflate the cuff now", _BACK_WITHIN),
+    "lop_mean": PushWords(
+        "Pressure at or above LOP", f"{{cuff}} at {{v}} for {_num(LOP_MEAN_WINDOW_S)} s, LOP {{t}}",
+        "Deflate the cuff now", _BACK_WITHIN),
+    "above_band": PushWords(
+        "Pressure above target", f"{{cuff}} at {{v}} for {_num(MEAN_WINDOW_S)} s, limit {{t}}",
+        "Lower the cuff to its prescribed pressure", _BACK_WITHIN),
+    "below_band": PushWords(
+        "Pressure below target", f"{{cuff}} at {{v}} for {_num(MEAN_WINDOW_S)} s, minimum {{t}}",
+        "Check the cuff and its fit: leak or slipped cuff",
+        "pressure back in range, or cuff deflated"),
+    "bout_warn": PushWords(
+        "Bout running long", "{cuff} inflated for {v}, warning at {t}",
+        "Deflate at the end of this set", _DEFLATED),
+    "bout_max": PushWords(
+        "Cuff inflated too long", "{cuff} inflated for {v}, limit {t}", "Deflate the cuff now",
+        _DEFLATED),
+    "short_rest": PushWords(
+        "Rest too short", "{cuff} re-inflated after {v} of rest, minimum {t}",
+        "Deflate and let the limb rest", _DEFLATED),
+    "session_occlusion": PushWords(
+        "Too much occlusion this hour", "{cuff} occluded {v} in the last 60 min, limit {t}",
+        "Deflate; no more bouts on this limb for now", "under {t} of occlusion in the last 60 min"),
+    "session_bouts": PushWords(
+        "Too many bouts this hour", "{cuff}: bout {v} within 60 min, limit {t}",
+        "Deflate; no more bouts on this limb for now", "{t} bouts or fewer in the last 60 min"),
+    "offline": PushWords(
+        "Cuff offline while inflated", "{cuff} silent for {v}, limit {t}; it may still be inflated",
+        "Check the cuff now; deflate it by hand if needed", "a reading arrived"),
+    "implausible": PushWords(
+        "Cuff sensor fault",
+        f"{{cuff}} sensor reads {{v}}, outside {_num(PLAUSIBLE_MIN_MMHG)} to "
+        f"{_num(PLAUSIBLE_MAX_MMHG)} mmHg",
+        "Check the cuff; swap it if this goes on", _NO_FAULT),
+    "elapsed_backwards": PushWords(
+        "Cuff timer fault", "{cuff} bout timer went back from {t} to {v}", _CHECK_CUFF, _NO_FAULT),
+    "seq_backwards": PushWords(
+        "Cuff data fault", "{cuff} reading counter went backwards", _CHECK_CUFF, _NO_FAULT),
+    "battery_low": PushWords(
+        "Cuff battery low", "{cuff} battery at {v}, limit {t}", "Swap or charge the battery",
+        f"battery back at {_num(BATTERY_OK_PCT)} % or more"),
+}
+# cuff_offline from the cuff's own "offline" status: no threshold, the silence so far
+OFFLINE_STATUS_PUSH: Final = PUSH_WORDS["offline"]._replace(
+    fact="{cuff} went offline, last reading {v} before; it may still be inflated")

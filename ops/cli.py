@@ -61,7 +61,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from alerts.push import PushDispatcher, routes_from_settings
+    from alerts.push import PushDispatcher
     from gateway.app import Gateway
 
     settings = _settings(args)
@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alerts.push import PushConfigError
 
     try:
-        push = PushDispatcher(routes_from_settings(settings))
+        push = PushDispatcher.from_settings(settings)  # pushes in the teams' names and time
     except PushConfigError as exc:
         for line in exc.problems:
             print(f"config: {line}", file=sys.stderr)

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import gmqtt
 import pytest
 
-from alerts.push import PushDispatcher, routes_from_settings
+from alerts.push import PushDispatcher
 from tests.support.alert_flow import (
     arm_team,
     now_ms,
@@ -267,7 +268,7 @@ async def test_unacknowledged_critical_escalates_to_the_escalation_route_only(
               {"url": receiver.url("/lead"), "escalation": True}]
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": arm_team("c1", routes=routes)},
                             alerts={"escalate_after_s": 1.0})
-    push = PushDispatcher(routes_from_settings(settings))
+    push = PushDispatcher.from_settings(settings)
     tel = f"{topic_root}/t1/cuffs/c1/telemetry"
     topic = f"{topic_root}/t1/alerts/c1/over_pressure"
     ts0 = now_ms() - 5000  # so that a deflation "now" is 5 s of device time later
@@ -287,15 +288,18 @@ async def test_unacknowledged_critical_escalates_to_the_escalation_route_only(
                        what="pushes to both routes")
         stats = push.stats()
         assert stats["t1/0-json"].queue_depth == 0  # the escalation was never queued for staff
-        assert receiver.titles("/staff") == ["CRITICAL over_pressure — a-1 left_arm"]
-        assert receiver.titles("/lead") == ["CRITICAL over_pressure — a-1 left_arm (escalated)"]
+        assert receiver.titles("/staff") == ["Pressure too high — a-1"]
+        assert receiver.titles("/lead") == ["Escalated: pressure too high — a-1"]
 
         dev.publish(tel, reading(1, max(now_ms(), ts0 + 5000), 0.0, 0.0, inflated=False))
         await wait_for(lambda: len(receiver.titles("/staff")) == 2
                        and len(receiver.titles("/lead")) == 2, what="resolution pushed")
         await wait_for(lambda: len(published(watch, topic)) == 4, what="resolved + cleared")
-        assert receiver.titles("/staff")[1] == "RESOLVED over_pressure — a-1 left_arm"
-        assert receiver.titles("/lead")[1] == "RESOLVED over_pressure — a-1 left_arm"
+        assert receiver.titles("/staff")[1] == "Resolved: pressure too high — a-1"
+        assert receiver.titles("/lead")[1] == "Resolved: pressure too high — a-1"
+        # what ended it, not the 280 mmHg that raised it
+        assert receiver.at("/staff")[1].body["message"].startswith(
+            "Left arm: pressure back within limits\nLasted ")
         assert states(watch, topic) == ["firing", "firing", "resolved", None]
 
 
@@ -396,6 +400,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
     *, mosquitto: MosquittoServer, topic_root: str, tmp_path: Path, receiver: HttpReceiver,
     hanging: HangingServer, mailbox: MailBox,
 ) -> None:
+    """Written for a lock screen (SPEC §3): the configured names, the team's local time."""
     routes = [
         {"url": receiver.url("/staff")},  # min_severity warning (default)
         {"url": f"ntfy://127.0.0.1:{receiver.port}/cuffs-t1"},
@@ -404,9 +409,11 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         # a read timeout far beyond the test: the connection hangs until the server closes it
         {"url": f"json://127.0.0.1:{hanging.port}/dead?rto=60", "min_severity": "info"},
     ]
-    settings = settings_for(mosquitto, topic_root, tmp_path,
-                            {"t1": arm_team("c1", "c2", routes=routes)})
-    push = PushDispatcher(routes_from_settings(settings))
+    zone = "Australia/Sydney"  # far from UTC whenever the test runs
+    team = arm_team("c1", "c2", routes=routes, name="Senior squad", timezone=zone,
+                    athletes={"a-1": {"name": "Jamie Striker"}})  # a-2 has no name: its id
+    settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": team})
+    push = PushDispatcher.from_settings(settings)
     async with running_gateway(settings, notifiers=[push]), \
             MqttProbe(mosquitto.host, mosquitto.port) as dev, \
             MqttProbe(mosquitto.host, mosquitto.port) as watch:
@@ -417,7 +424,7 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
                     reading(0, now_ms(), 140.0, 5.0, battery_pct=10.0))
         await wait_for(lambda: receiver.titles("/log") and hanging.requests == 1,
                        what="battery_low pushed to the info routes")
-        assert receiver.titles("/log") == ["INFO battery_low — a-2 left_arm"]
+        assert receiver.titles("/log") == ["Cuff battery low — a-2"]
         stats = push.stats()
         # submit() queues on every route at once: the warning routes never got it
         for label in ("t1/0-json", "t1/1-ntfy", "t1/2-mailto"):
@@ -432,19 +439,33 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
         assert (hanging.requests, hanging.open) == (1, 1)  # still hanging, nothing answered
         assert push.stats()["t1/4-json"].sent == 0
         assert states(watch, op) == ["firing"]
+        battery = published(watch, f"{topic_root}/t1/alerts/c2/battery_low")[0][0]
+        critical = published(watch, op)[0][0]
+        assert battery is not None
+        assert critical is not None
 
-    title = "CRITICAL over_pressure — a-1 left_arm"
-    assert receiver.titles("/staff") == [title]
-    assert receiver.titles("/log") == ["INFO battery_low — a-2 left_arm", title]
+    def local(alert: dict[str, Any]) -> str:  # independent of alerts.render
+        return datetime.fromtimestamp(epoch_ms(alert["started_at"]) / 1000,
+                                      tz=ZoneInfo(zone)).strftime("%H:%M")
+
+    title = "Pressure too high — Jamie Striker"
+    body = ("Left arm cuff at 290 mmHg, limit 250 mmHg\n"
+            "Deflate the cuff now\n"
+            f"Senior squad · since {local(critical)}")
+    info = ("Left arm cuff battery at 10 %, limit 15 %\n"
+            "Swap or charge the battery\n"
+            f"Senior squad · since {local(battery)}")
+    assert [(r.body["title"], r.body["message"]) for r in receiver.at("/staff")] == [(title, body)]
+    assert [(r.body["title"], r.body["message"]) for r in receiver.at("/log")] == [
+        ("Cuff battery low — a-2", info), (title, body)]
     [ntfy] = receiver.ntfy("cuffs-t1")
-    assert ntfy.body["title"] == title
+    assert (ntfy.body["title"], ntfy.body["message"]) == (title, body)
     assert ntfy.headers["X-Priority"] == "max"
     [mail] = mailbox.envelopes
     assert mail.rcpt_tos == ["staff@example.org"]
-    assert isinstance(mail.content, bytes)
-    content = mail.content.decode()
-    assert "Subject: =?utf-8?q?CRITICAL_over=5Fpressure" in content
-    assert "a-1 left_arm cuff at 290 mmHg (limit 250)" in content
+    assert [(subject, text.rstrip("\n")) for subject, text in mailbox.texts()] == [(title, body)]
+    # the MQTT alert object keeps its own message (SPEC §3): pushes are separate
+    assert critical["message"] == "a-1 left_arm cuff at 290 mmHg (limit 250)"
 
 
 # -- 6. restart ------------------------------------------------------------------------------------
@@ -508,7 +529,7 @@ async def test_backlog_readings_raise_and_store_alerts_without_pushes(
     settings = settings_for(mosquitto, topic_root, tmp_path,
                             {"t1": arm_team("c1", "c2", routes=routes)},
                             alerts={"escalate_after_s": 0.5}, influx=influx_v1(influxdb, influx_db))
-    push = PushDispatcher(routes_from_settings(settings))
+    push = PushDispatcher.from_settings(settings)
     old = now_ms() - 120_000  # older than alert_max_age_s (60), newer than max_backlog_s
     async with running_gateway(settings, notifiers=[push]), \
             MqttProbe(mosquitto.host, mosquitto.port) as dev, \
@@ -532,8 +553,8 @@ async def test_backlog_readings_raise_and_store_alerts_without_pushes(
         assert retained
         assert (stored_alert["state"], stored_alert["escalated"]) == ("firing", False)
         assert stored_alert["started_at"] == iso(old)
-        assert receiver.titles("/staff") == ["CRITICAL over_pressure — a-2 left_arm"]
-        assert receiver.titles("/lead") == ["CRITICAL over_pressure — a-2 left_arm (escalated)"]
+        assert receiver.titles("/staff") == ["Pressure too high — a-2"]
+        assert receiver.titles("/lead") == ["Escalated: pressure too high — a-2"]
         assert [s.queue_depth for s in push.stats().values()] == [0, 0]
     [row] = await alert_rows(influxdb, influx_db, "WHERE cuff = 'c1'")
     assert row == as_row(stored_alert)

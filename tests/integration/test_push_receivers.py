@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from alerts.model import AlertKind, Change, Transition
+from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.push import PushDispatcher
 from core.model import Severity
-from tests.support.alert_samples import T0_MS, alert, raised, resolved, spec
+from tests.support.alert_samples import NAMES, T0_MS, alert, raised, resolved, spec
 from tests.support.receivers import HangingServer, HttpReceiver, smtp_server
 
 WAIT_S = 10.0  # upper bound for "eventually"; every wait here normally ends in milliseconds
@@ -69,31 +69,54 @@ async def test_full_queue_drops_oldest_non_critical_first(receiver: HttpReceiver
     assert d.stats()["t1/0-json"].dropped_full == 3
     async with running(d):
         await eventually(lambda: len(receiver.at("/q")) == 3)
-    assert [t.split(" — ")[1] for t in receiver.titles("/q")] == [
-        "c2 left_leg", "c3 left_leg", "c4 left_leg"
-    ]
+    assert [t.split(" — ")[1] for t in receiver.titles("/q")] == ["c2", "c3", "c4"]
 
 
 # -- delivery to real receivers ------------------------------------------------------------------
 
 
-async def test_json_route_posts_title_message_and_type(receiver: HttpReceiver) -> None:
-    d = PushDispatcher({"t1": [spec("t1/0-json", receiver.url("/hook"))]}, **FAST)
+async def test_json_route_posts_the_lock_screen_text_and_type(receiver: HttpReceiver) -> None:
+    d = PushDispatcher({"t1": [spec("t1/0-json", receiver.url("/hook"))]}, directory=NAMES,
+                       **FAST)
     async with running(d):
         a = alert()
         d.submit(raised(a))
-        d.submit(raised(alert("W", severity=Severity.WARNING, kind=AlertKind.OVER_TIME)))
-        d.submit(resolved(a))
+        warn = alert("W", severity=Severity.WARNING, kind=AlertKind.OVER_TIME).evolve(
+            value=605.0, threshold=600.0, unit="s",
+            message="a-17 left_leg cuff inflated for 605 s (limit 600 s)")
+        d.submit(raised(warn))
+        await eventually(lambda: d.stats()["t1/0-json"].sent == 2)
+        d.submit(resolved(a, at_s=135.0))
         await eventually(lambda: d.stats()["t1/0-json"].sent == 3)
-    crit, warn, done = (r.body for r in receiver.at("/hook"))
-    assert crit["title"] == "CRITICAL over_pressure — a-17 left_leg"
-    assert crit["message"].startswith("a-17 left_leg cuff at 312 mmHg (limit 300)\nfiring since")
-    assert crit["type"] == "failure"
-    assert (warn["title"], warn["type"]) == ("WARNING over_time — a-17 left_leg", "warning")
-    assert (done["title"], done["type"]) == ("RESOLVED over_pressure — a-17 left_leg", "success")
+    assert [{k: r.body[k] for k in ("title", "type", "message")} for r in receiver.at("/hook")] == [
+        {"title": "Pressure too high — Jamie Striker", "type": "failure",
+         "message": "Left leg cuff at 312 mmHg, limit 300 mmHg\n"
+                    "Deflate the cuff now\n"
+                    "Senior squad · since 12:06"},
+        {"title": "Bout running long — Jamie Striker", "type": "warning",
+         "message": "Left leg cuff inflated for 10 min 5 s, warning at 10 min\n"
+                    "Deflate at the end of this set\n"
+                    "Senior squad · since 12:06"},
+        {"title": "Resolved: pressure too high — Jamie Striker",
+         "type": "success",
+         "message": "Left leg: pressure back within limits\n"
+                    "Lasted 2 min 15 s, 12:06–12:08 · Senior squad"},
+    ]
     stats = d.stats()["t1/0-json"]
     assert (stats.sent, stats.failed, stats.retried) == (3, 0, 0)
     assert stats.last_error is None
+
+
+async def test_without_a_directory_pushes_name_ids_in_utc(receiver: HttpReceiver) -> None:
+    d = PushDispatcher({"t1": [spec("t1/0-json", receiver.url("/ids"))]}, **FAST)
+    async with running(d):
+        d.submit(raised(alert()))
+        await eventually(lambda: d.stats()["t1/0-json"].sent == 1)
+    [push] = receiver.at("/ids")
+    assert (push.body["title"], push.body["message"]) == (
+        "Pressure too high — a-17",
+        "Left leg cuff at 312 mmHg, limit 300 mmHg\nDeflate the cuff now\nt1 · since 11:06",
+    )
 
 
 async def test_ntfy_priority_max_for_critical_default_for_warning(receiver: HttpReceiver) -> None:
@@ -106,32 +129,42 @@ async def test_ntfy_priority_max_for_critical_default_for_warning(receiver: Http
         d.submit(raised(alert("C")))
         await eventually(lambda: len(receiver.ntfy("cuffs-t1")) == 2)
     warn, crit = receiver.ntfy("cuffs-t1")
-    assert warn.body["title"].startswith("WARNING over_pressure")
+    assert warn.body["title"] == "Pressure above target — a-17"
     assert "X-Priority" not in warn.headers  # ntfy's default priority
-    assert crit.body["title"].startswith("CRITICAL over_pressure")
+    assert crit.body["title"] == "Pressure too high — a-17"
     assert crit.headers["X-Priority"] == "max"
     assert crit.headers["Authorization"] == f"Bearer {token}"
 
 
 async def test_mailto_route_over_plain_smtp_with_login() -> None:
     async with smtp_server("cuffwatch", "smtpSecret77") as mailbox:
-        d = PushDispatcher({"t1": [spec("t1/0-mailto", mailbox.url())]}, **FAST)
+        d = PushDispatcher({"t1": [spec("t1/0-mailto", mailbox.url())]}, directory=NAMES,
+                           **FAST)
         async with running(d):
-            d.submit(raised(alert()))
+            a = alert()
+            d.submit(raised(a))
             await eventually(lambda: len(mailbox.envelopes) == 1)
-    [mail] = mailbox.envelopes
-    assert mailbox.logins == ["cuffwatch"]
-    assert mail.mail_from == "cuffwatch@example.org"
-    assert mail.rcpt_tos == ["staff@example.org"]
-    assert isinstance(mail.content, bytes)
-    content = mail.content.decode()
-    assert "Subject: =?utf-8?q?CRITICAL_over=5Fpressure" in content
-    assert "a-17 left_leg cuff at 312 mmHg (limit 300)" in content
+            d.submit(resolved(a, at_s=75.0))
+            await eventually(lambda: len(mailbox.envelopes) == 2)
+    assert mailbox.logins == ["cuffwatch", "cuffwatch"]
+    assert [(m.mail_from, m.rcpt_tos) for m in mailbox.envelopes] == [
+        ("cuffwatch@example.org", ["staff@example.org"])] * 2
+    assert [(subject, body.rstrip("\n")) for subject, body in mailbox.texts()] == [
+        ("Pressure too high — Jamie Striker",
+         "Left leg cuff at 312 mmHg, limit 300 mmHg\n"
+         "Deflate the cuff now\n"
+         "Senior squad · since 12:06"),
+        ("Resolved: pressure too high — Jamie Striker",
+         "Left leg: pressure back within limits\n"
+         "Lasted 1 min 15 s, 12:06–12:07 · Senior squad"),
+    ]
 
 
-async def test_escalation_route_gets_escalations_and_their_resolution(
+async def test_every_change_reaches_its_routes_in_lock_screen_words(
     receiver: HttpReceiver,
 ) -> None:
+    """Raised, escalated (to the escalation route only), refired after an ack's silence,
+    resolved, reopened within the flap guard and resolved again: each push's exact text."""
     d = PushDispatcher(
         {
             "t1": [
@@ -139,22 +172,62 @@ async def test_escalation_route_gets_escalations_and_their_resolution(
                 spec("t1/1-json", receiver.url("/lead"), escalation=True),
             ]
         },
+        directory=NAMES,
         **FAST,
     )
+
+    def at(s: float, **changes: Any) -> Any:
+        return alert(at_s=s).evolve(**changes)
+
+    steps = [
+        (Transition(at(0), Change.RAISED, True), "/staff"),
+        (Transition(at(60, escalated=True), Change.ESCALATED, True, escalation=True), "/lead"),
+        (Transition(at(65, state=AlertState.ACKNOWLEDGED, acknowledged_by="Sam",
+                       escalated=True), Change.ACKNOWLEDGED, True), None),  # not pushed
+        (Transition(at(125, acknowledged_by="Sam", escalated=True), Change.REFIRED, True),
+         "/staff"),
+        (Transition(at(130, state=AlertState.RESOLVED, acknowledged_by="Sam", escalated=True),
+                    Change.RESOLVED, True), "/staff /lead"),
+        (Transition(at(140, acknowledged_by="Sam"), Change.REOPENED, True), "/staff"),
+        (Transition(at(190, state=AlertState.RESOLVED, acknowledged_by="Sam"),
+                    Change.RESOLVED, True), "/staff"),
+    ]
+    expected = {"/staff": 0, "/lead": 0}
     async with running(d):
-        a = alert()
-        d.submit(raised(a))
-        d.submit(Transition(a.evolve(escalated=True), Change.ESCALATED, True, escalation=True))
-        d.submit(resolved(a))
-        await eventually(lambda: len(receiver.at("/staff")) == 2 and len(receiver.at("/lead")) == 2)
-    assert receiver.titles("/staff") == [
-        "CRITICAL over_pressure — a-17 left_leg",
-        "RESOLVED over_pressure — a-17 left_leg",
+        for transition, paths in steps:
+            d.submit(transition)
+            for path in (paths or "").split():
+                expected[path] += 1
+            # one at a time: critical pushes jump the queue, and the order is the point here
+            await eventually(lambda: all(len(receiver.at(p)) == n for p, n in expected.items())
+                             and all(s.queue_depth == 0 for s in d.stats().values()))
+
+    def pushes(path: str) -> list[str]:
+        return [f"{r.body['title']}\n{r.body['message']}" for r in receiver.at(path)]
+
+    fact = "Left leg cuff at 312 mmHg, limit 300 mmHg\nDeflate the cuff now\n"
+    assert pushes("/staff") == [
+        "Pressure too high — Jamie Striker\n" + fact + "Senior squad · since 12:06",
+        "Still: pressure too high — Jamie Striker\n" + fact
+        + "Senior squad · since 12:06 · acknowledged by Sam, still on",
+        "Resolved: pressure too high — Jamie Striker\n"
+        "Left leg: pressure back within limits\n"
+        "Lasted 2 min 10 s, 12:06–12:08 · Senior squad",
+        "Again: pressure too high — Jamie Striker\n" + fact
+        + "Senior squad · back at 12:09, first at 12:06",
+        "Resolved: pressure too high — Jamie Striker\n"
+        "Left leg: pressure back within limits\n"
+        "Lasted 3 min 10 s, 12:06–12:09 · Senior squad",
     ]
-    assert receiver.titles("/lead") == [
-        "CRITICAL over_pressure — a-17 left_leg (escalated)",
-        "RESOLVED over_pressure — a-17 left_leg",
+    assert pushes("/lead") == [
+        "Escalated: pressure too high — Jamie Striker\n" + fact
+        + "Senior squad · since 12:06 · not acknowledged",
+        "Resolved: pressure too high — Jamie Striker\n"
+        "Left leg: pressure back within limits\n"
+        "Lasted 2 min 10 s, 12:06–12:08 · Senior squad",
     ]
+    assert [r.body["type"] for r in receiver.at("/staff")] == [
+        "failure", "failure", "success", "failure", "success"]
 
 
 async def test_newer_push_supersedes_a_queued_older_one(receiver: HttpReceiver) -> None:
@@ -165,7 +238,7 @@ async def test_newer_push_supersedes_a_queued_older_one(receiver: HttpReceiver) 
                         Change.UPDATED, True))
     async with running(d):
         await eventually(lambda: d.stats()["t1/0-json"].superseded == 1)
-    assert receiver.titles("/s") == ["CRITICAL over_pressure — a-17 left_leg"]
+    assert receiver.titles("/s") == ["Pressure too high — a-17"]
 
 
 async def test_rate_limit_caps_warnings_but_a_critical_goes_through(receiver: HttpReceiver) -> None:
@@ -180,7 +253,7 @@ async def test_rate_limit_caps_warnings_but_a_critical_goes_through(receiver: Ht
     stats = d.stats()["t1/0-json"]
     assert (stats.sent, stats.dropped_rate) == (3, 8)
     crit = receiver.at("/r")[-1].body
-    assert crit["title"].startswith("CRITICAL")
+    assert crit["title"] == "Pressure too high — a-17"
     assert "+8 earlier push(es) left out by the rate limit" in crit["message"]
 
 
@@ -195,9 +268,7 @@ async def test_critical_pushes_wait_for_tokens_instead_of_being_dropped(
         for i in range(5):
             d.submit(raised(alert(f"C{i}", athlete=f"c{i}")))
         await eventually(lambda: len(receiver.at("/c")) == 5)
-    assert [t.split(" — ")[1] for t in receiver.titles("/c")] == [
-        f"c{i} left_leg" for i in range(5)
-    ]
+    assert [t.split(" — ")[1] for t in receiver.titles("/c")] == [f"c{i}" for i in range(5)]
     assert d.stats()["t1/0-json"].dropped_rate == 0
 
 

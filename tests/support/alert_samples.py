@@ -1,18 +1,24 @@
 """Alerts, their transitions and push routes, as the push tests build them.
 
 One over-pressure alert on cuff c7 of team t1 (athlete a-17, left leg), 312 mmHg against a
-limit of 300, first raised at T0_MS; every field can be changed.
+limit of 300, first raised at T0_MS; every field can be changed. NAMES is what pushes call
+them: team t1 is the "Senior squad", training in Berlin, a-17 is "Jamie Striker".
 """
 
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from alerts.model import Alert, AlertKind, AlertState, Change, Transition
+from alerts.render import Directory, TeamNames
 from alerts.routes import RouteSpec
 from core.model import Severity
 
-T0_MS = 1_795_000_000_000
+T0_MS = 1_795_000_000_000  # 2026-11-18, 12:06:40 in Berlin
+NAMES = Directory(
+    {"t1": TeamNames("Senior squad", ZoneInfo("Europe/Berlin"), {"a-17": "Jamie Striker"})}
+)
 
 
 def alert(

@@ -7,6 +7,8 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from typing import Any
 
 from aiohttp import web
@@ -147,6 +149,20 @@ class MailBox:
         if ok:
             self.logins.append(data.login.decode())
         return AuthResult(success=ok)
+
+    def messages(self) -> list[EmailMessage]:
+        """Every mail received, parsed (headers decoded: `msg["Subject"]` is the text)."""
+        return [message_from_bytes(e.original_content or b"", policy=policy.default)
+                for e in self.envelopes]
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(subject, plain-text body with `\\n` line ends) of every mail received, in order."""
+        out: list[tuple[str, str]] = []
+        for msg in self.messages():
+            body = msg.get_body(preferencelist=("plain",))
+            text = body.get_content() if isinstance(body, EmailMessage) else ""
+            out.append((str(msg["Subject"]), text.replace("\r\n", "\n")))
+        return out
 
     def url(self) -> str:
         return (f"mailto://{self.login}:{self.password}@127.0.0.1:{self.port}"

@@ -1,5 +1,6 @@
-"""Push routing without a receiver (SPEC §3 push routes): rendering, route settings, rate
-limits, retry delays, which routes get which transition, and the console notifier.
+"""Push routing without a receiver (SPEC §3 push routes): route settings, rate limits, retry
+delays, which routes get which transition, and the console notifier. What a push says:
+tests/unit/test_push_text.py.
 
 Delivery to real local receivers: tests/integration/test_push_receivers.py.
 """
@@ -25,41 +26,13 @@ from alerts.errors import (
 )
 from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.push import BACKOFF_JITTER, PushDispatcher
-from alerts.render import render
 from alerts.route_queue import TokenBucket
 from alerts.routes import critical_url, route_label, routes_from_settings
 from core.config import load_settings
 from core.model import Severity
 from tests.support.alert_samples import T0_MS, alert, raised, resolved, spec
 
-# -- rendering and settings -----------------------------------------------------------------------
-
-
-def test_render_title_body_and_type() -> None:
-    a = alert()
-    msg = render(raised(a))
-    assert msg.title == "CRITICAL over_pressure — a-17 left_leg"
-    assert msg.body.splitlines()[0] == "a-17 left_leg cuff at 312 mmHg (limit 300)"
-    assert "firing since 2026-11-18" in msg.body
-    assert "team t1 · cuff c7" in msg.body
-    assert msg.notify_type is apprise.NotifyType.FAILURE
-
-    warn = render(raised(alert(severity=Severity.WARNING)))
-    assert warn.title.startswith("WARNING ")
-    assert warn.notify_type is apprise.NotifyType.WARNING
-    assert render(raised(alert(severity=Severity.INFO))).notify_type is apprise.NotifyType.INFO
-
-    done = render(resolved(a, at_s=135.0))
-    assert done.title == "RESOLVED over_pressure — a-17 left_leg"
-    assert "after 2 min 15 s" in done.body
-    assert done.notify_type is apprise.NotifyType.SUCCESS
-
-    esc = render(Transition(a, Change.ESCALATED, True, escalation=True), suppressed=4)
-    assert esc.title.endswith("(escalated)")
-    assert "+4 earlier push(es) left out by the rate limit" in esc.body
-
-    nobody = render(raised(alert(athlete="").evolve(limb="")))
-    assert nobody.title == "CRITICAL over_pressure — cuff c7"
+# -- settings -----------------------------------------------------------------------
 
 
 def test_critical_url_uses_the_services_highest_priority() -> None:

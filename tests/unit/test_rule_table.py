@@ -29,3 +29,11 @@ def test_every_row_has_its_own_message() -> None:
 def test_row_keys_are_unique_and_sensor_faults_map_to_their_rows() -> None:
     assert len({row.key for row in ROWS}) == len(ROWS)
     assert all(row.kind is AlertKind.SENSOR_FAULT for row in rules.FAULT_ROWS.values())
+
+
+def test_every_row_has_push_words() -> None:
+    """What a push to a phone says about the row (alerts/render.py fills them in)."""
+    assert set(rules.PUSH_WORDS) == {row.key for row in ROWS}
+    for key, words in rules.PUSH_WORDS.items():
+        assert all(words), key
+        assert "_" not in words.what + words.action, key  # plain words, no codes
