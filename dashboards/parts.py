@@ -1,6 +1,14 @@
-"""The building blocks every dashboard shares: colours, thresholds, layout, variables, headers."""
+"""The building blocks every dashboard shares: colours, thresholds, layout, variables, headers.
+
+Athletes are stored by id; people know them by name. A team dashboard's `$athlete` is a
+custom variable built from the configuration, text = the athlete's name, value = the id
+(`athlete_names`), and series and table cells keyed by an athlete id are shown by name
+(`athlete_display_names`, `athlete_name_mapping`). Its time zone is the team's.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash_builders
@@ -10,16 +18,22 @@ from grafana_foundation_sdk.models import dashboard as dash
 
 from core.config import Settings
 from dashboards.influxql import InfluxQL, datasource_ref
-from dashboards.queries import Queries
+from dashboards.queries import UTC_ZONES, Queries
 from dashboards.uids import stable_uid
 
 __all__ = [
+    "ALL_ATHLETES",
     "GREEN",
     "ORANGE",
     "RED",
+    "athlete_display_names",
+    "athlete_name_mapping",
+    "athlete_names",
+    "athlete_variable",
     "bout_steps",
     "dashboard",
     "dashed_thresholds",
+    "grafana_timezone",
     "pos",
     "query_variable",
     "team_dashboard",
@@ -27,6 +41,10 @@ __all__ = [
     "thresholds_override",
     "timeseries_panel",
 ]
+
+# `$athlete`'s All: every athlete in the data, configured or not (one assigned over MQTT
+# only), not just the variable's options. Grafana inserts a custom all value unescaped.
+ALL_ATHLETES = ".*"
 
 GREEN, ORANGE, RED = "green", "orange", "red"
 
@@ -94,6 +112,81 @@ def query_variable(name: str, label: str, query: str) -> dash_builders.QueryVari
     )
 
 
+def athlete_names(settings: Settings, team: str) -> dict[str, str]:
+    """The team's configured athletes, id to the name a dashboard shows, sorted by that name.
+
+    The configured athletes and the roster cuffs' default athletes; the name is
+    `teams.T.athletes.A.name`, the id where none is given, and `name (id)` where two
+    athletes share a name.
+    """
+    config = settings.teams[team]
+    ids = set(config.athletes) | {c.athlete for c in config.cuffs.values() if c.athlete}
+    configured = {a: config.athletes[a].name if a in config.athletes else "" for a in ids}
+    # One line of single spaces: Grafana's option syntax ends at a line break.
+    raw = {a: " ".join(name.split()) or a for a, name in configured.items()}
+    shared = {n for n in raw.values() if list(raw.values()).count(n) > 1}
+    names = {a: f"{n} ({a})" if n in shared else n for a, n in raw.items()}
+    return dict(sorted(names.items(), key=lambda item: (item[1].casefold(), item[0])))
+
+
+def _custom_value(text: str) -> str:
+    """A custom variable's option text: its commas escaped (Grafana splits on `,`)."""
+    return text.replace(",", "\\,")
+
+
+def athlete_variable(
+    names: dict[str, str], q: Queries
+) -> dash_builders.CustomVariable | dash_builders.QueryVariable:
+    """`$athlete`: the configured athletes, text = name, value = id; All (the default) is
+    every athlete in the data. A team with no athlete configured lists the ids in the data."""
+    if not names:
+        return query_variable("athlete", "Athlete", q.athletes())
+    return (
+        dash_builders.CustomVariable("athlete")
+        .label("Athlete")
+        # Grafana's custom syntax `text : value` (or the value alone), comma separated; ids
+        # never hold " : ".
+        .values(
+            ", ".join(f"{_custom_value(n)} : {a}" if n != a else a for a, n in names.items())
+        )
+        .options(
+            [dash.VariableOption(selected=True, text="All", value="$__all")]
+            + [dash.VariableOption(selected=False, text=n, value=a) for a, n in names.items()]
+        )
+        .multi(True)
+        .include_all(True)
+        .all_value(ALL_ATHLETES)
+        .current(dash.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+def athlete_display_names(names: dict[str, str]) -> list[tuple[str, list[dash.DynamicConfigValue]]]:
+    """Field overrides naming each athlete's series (named by id, `$tag_athlete`) by name."""
+    return [
+        (a, [dash.DynamicConfigValue(id_val="displayName", value=name)])
+        for a, name in names.items()
+        if name != a
+    ]
+
+
+def athlete_name_mapping(names: dict[str, str]) -> list[dash.DynamicConfigValue]:
+    """An `athlete` column's override properties: a value mapping showing each configured id
+    as the athlete's name (none when no athlete has a name of its own)."""
+    named = [(a, name) for a, name in names.items() if name != a]
+    if not named:
+        return []
+    options: dict[str, Any] = {
+        a: dash.ValueMappingResult(text=name, index=i) for i, (a, name) in enumerate(named)
+    }
+    return [dash.DynamicConfigValue(id_val="mappings", value=[dash.ValueMap(options=options)])]
+
+
+def grafana_timezone(settings: Settings, team: str) -> str:
+    """The team's IANA time zone as a dashboard's `timezone` (`utc` for UTC)."""
+    zone = settings.teams[team].timezone
+    return "utc" if zone in UTC_ZONES else zone
+
+
 def dashboard(
     title: str, uid: str, tag: str, *, description: str, refresh: str, time_from: str
 ) -> dash_builders.Dashboard:
@@ -121,7 +214,8 @@ def team_dashboard(
     refresh: str,
     time_from: str,
 ) -> dash_builders.Dashboard:
-    """`dashboard` titled `<team name>: title`, uid cw-<team>-<stem>, with $team and $athlete."""
+    """`dashboard` titled `<team name>: title`, uid cw-<team>-<stem>, in the team's time
+    zone, with $team and $athlete (names from the configuration)."""
     team_name = settings.teams[team].name or team
     return (
         dashboard(
@@ -132,6 +226,7 @@ def team_dashboard(
             refresh=refresh,
             time_from=time_from,
         )
+        .timezone(grafana_timezone(settings, team))
         .with_variable(dash_builders.ConstantVariable("team").label("Team").value(team))
-        .with_variable(query_variable("athlete", "Athlete", q.athletes()))
+        .with_variable(athlete_variable(athlete_names(settings, team), q))
     )

@@ -1,16 +1,25 @@
 """The InfluxQL of every panel and variable: fixed templates over the stored schema.
 
 Grafana fills in `$team`, `$athlete`, `$instance`, `$timeFilter` and `$__interval` at query
-time; everything else is a constant of this module or of the configuration.
+time; everything else is a constant of this module or of the configuration. Days and weeks
+are the team's: a history query given the team's IANA zone ends in `tz('Europe/London')`, so
+InfluxDB starts its buckets at local midnight (and local Monday), daylight saving included.
 """
 
 # ruff: noqa: S608 - the InfluxQL below is fixed templates of constants; no user input
 # reaches it (Grafana fills in $team, $athlete and $timeFilter, escaping them itself).
 from __future__ import annotations
 
+from typing import Literal
+
 from core.config import Settings
 
-__all__ = ["RECENT_BOUTS_LIMIT", "Queries", "num", "queries_for"]
+__all__ = ["RECENT_BOUTS_LIMIT", "UTC_ZONES", "LimbKind", "Queries", "num", "queries_for"]
+
+LimbKind = Literal["arm", "leg"]
+# IANA names of UTC itself: no tz() clause, and Grafana's own "utc".
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Etc/Universal", "Zulu",
+                       "Etc/Zulu"})
 
 # InfluxQL's time buckets start at the epoch, a Thursday; a 4 d offset starts weeks on Monday.
 WEEK_OFFSET = "4d"
@@ -30,6 +39,13 @@ def num(value: float) -> str:
 def _ident(name: str) -> str:
     """An InfluxQL identifier in double quotes, `\\` and `"` escaped."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tz(zone: str) -> str:
+    """The time zone clause of day and week buckets: none for UTC, InfluxQL's default."""
+    if zone in UTC_ZONES:
+        return ""
+    return " tz('" + zone.replace("\\", "\\\\").replace("'", "\\'") + "')"
 
 
 class Queries:
@@ -57,12 +73,15 @@ class Queries:
             "WHERE $timeFilter"
         )
 
-    def _series(self, select: str, measurement: str, bucket: str, tag: str) -> str:
-        """`select` from `measurement` for the team's chosen athletes, per `bucket` and `tag`."""
+    def _series(
+        self, select: str, measurement: str, bucket: str, tag: str, zone: str = "UTC"
+    ) -> str:
+        """`select` from `measurement` for the team's chosen athletes, per `bucket` and `tag`
+        (buckets of a day or more start at midnight in `zone`)."""
         return (
             f"SELECT {select} FROM {self.source(measurement)} "
             f"WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
-            f'GROUP BY time({bucket}), "{tag}" fill(none)'
+            f'GROUP BY time({bucket}), "{tag}" fill(none){_tz(zone)}'
         )
 
     def pressure(self, tolerance: float) -> str:
@@ -100,32 +119,41 @@ class Queries:
             f"FROM {self.source('alert')} WHERE {TEAM} AND $timeFilter"
         )
 
-    def bouts_per_day(self) -> str:
-        """Finished bouts per UTC day and athlete."""
-        return self._series('count("duration_s") AS "bouts"', "occlusion_bout", "1d", "athlete")
-
-    def minutes_per_week(self) -> str:
-        """Occlusion minutes per Monday-based UTC week and athlete."""
+    def bouts_per_day(self, zone: str = "UTC") -> str:
+        """Finished bouts per day (in `zone`) and athlete."""
         return self._series(
-            'sum("duration_s") / 60 AS "minutes"', "occlusion_bout", f"7d, {WEEK_OFFSET}", "athlete"
+            'count("duration_s") AS "bouts"', "occlusion_bout", "1d", "athlete", zone
         )
 
-    def in_band_per_day(self) -> str:
-        """Mean time_in_band_pct per UTC day and athlete."""
+    def minutes_per_week(self, zone: str = "UTC") -> str:
+        """Occlusion minutes per Monday-based week (in `zone`) and athlete."""
         return self._series(
-            'mean("time_in_band_pct") AS "in_band_pct"', "occlusion_bout", "1d", "athlete"
+            'sum("duration_s") / 60 AS "minutes"',
+            "occlusion_bout",
+            f"7d, {WEEK_OFFSET}",
+            "athlete",
+            zone,
         )
 
-    def alerts_per_day(self) -> str:
-        """Distinct alerts per UTC day and kind."""
-        return self._series('count(distinct("alert_id")) AS "alerts"', "alert", "1d", "kind")
+    def in_band_per_day(self, zone: str = "UTC") -> str:
+        """Mean time_in_band_pct per day (in `zone`) and athlete."""
+        return self._series(
+            'mean("time_in_band_pct") AS "in_band_pct"', "occlusion_bout", "1d", "athlete", zone
+        )
 
-    def recent_bouts(self) -> str:
-        """The latest bouts, newest first."""
+    def alerts_per_day(self, zone: str = "UTC") -> str:
+        """Distinct alerts per day (in `zone`) and kind."""
+        return self._series(
+            'count(distinct("alert_id")) AS "alerts"', "alert", "1d", "kind", zone
+        )
+
+    def recent_bouts(self, limbs: LimbKind) -> str:
+        """The latest bouts on arms, or on legs, newest first (each has its own limits)."""
         return (
             'SELECT "athlete", "limb", "cuff", "duration_s", "mean_pressure_mmhg", '
             '"target_mmhg", "time_in_band_pct", "alerts" '
-            f"FROM {self.source('occlusion_bout')} WHERE {TEAM} AND {ATHLETE} AND $timeFilter "
+            f"FROM {self.source('occlusion_bout')} WHERE {TEAM} AND {ATHLETE} "
+            f'AND "limb" =~ /^(left|right)_{limbs}$/ AND $timeFilter '
             f"ORDER BY time DESC LIMIT {RECENT_BOUTS_LIMIT}"
         )
 

@@ -13,6 +13,8 @@ from dashboards.influxql import InfluxQL, datasource_ref
 from dashboards.parts import (
     GREEN,
     RED,
+    athlete_name_mapping,
+    athlete_names,
     bout_steps,
     dashed_thresholds,
     pos,
@@ -34,6 +36,8 @@ OPEN_ALERTS_WINDOW = "12h"
 LIVE_MIN_INTERVAL = "1s"
 # Series of the legs, which have limits of their own; the panels' defaults are the arms'.
 LEG_SERIES = r"^(left|right)_leg\b.*"
+# The athlete of a repeated row by name (`$athlete` would be the id).
+ATHLETE = "${athlete:text}"
 
 
 def _pressure_panel(q: Queries, limits: AlertSettings) -> timeseries.Panel:
@@ -47,7 +51,7 @@ def _pressure_panel(q: Queries, limits: AlertSettings) -> timeseries.Panel:
     hard_max = [thresholds_override((None, GREEN), (limits.leg.hard_max_mmhg, RED))]
     return (
         timeseries_panel(
-            "$athlete: pressure vs target band",
+            f"{ATHLETE}: pressure vs target band",
             f"Cuff pressure per limb against target ± {num(limits.tolerance_mmhg)} mmHg "
             "(tolerance_mmhg); the red line is the hard ceiling (arm "
             f"{num(limits.arm.hard_max_mmhg)}, leg {num(limits.leg.hard_max_mmhg)} mmHg).",
@@ -70,7 +74,7 @@ def _elapsed_panel(q: Queries, limits: AlertSettings) -> bargauge.Panel:
     ]
     return (
         bargauge.Panel()
-        .title("$athlete: elapsed bout time")
+        .title(f"{ATHLETE}: elapsed bout time")
         .description(
             f"Current bout per limb: orange at warn_bout_s ({num(limits.warn_bout_s)} s), "
             f"red at max_bout_s (arm {num(limits.arm.max_bout_s)} s, leg "
@@ -91,10 +95,11 @@ def _elapsed_panel(q: Queries, limits: AlertSettings) -> bargauge.Panel:
     )
 
 
-def _open_alerts_panel(q: Queries, *, per_athlete: bool) -> table.Panel:
-    """Unresolved alerts of one athlete (a third of a row) or of the squad (a full row)."""
-    title = "$athlete: open alerts" if per_athlete else "Open alerts (squad)"
-    return (
+def _open_alerts_panel(q: Queries, names: dict[str, str], *, per_athlete: bool) -> table.Panel:
+    """Unresolved alerts of one athlete (a third of a row) or of the squad (a full row), the
+    athlete column showing names."""
+    title = f"{ATHLETE}: open alerts" if per_athlete else "Open alerts (squad)"
+    panel = (
         table.Panel()
         .title(title)
         .description(
@@ -106,6 +111,9 @@ def _open_alerts_panel(q: Queries, *, per_athlete: bool) -> table.Panel:
         .time_from(OPEN_ALERTS_WINDOW)
         .with_target(InfluxQL(q.open_alerts(per_athlete=per_athlete)).ref_id("A").table())
     )
+    if mapping := athlete_name_mapping(names):
+        panel = panel.override_by_name("athlete", mapping)
+    return panel
 
 
 def _alert_annotations(q: Queries) -> dash_builders.AnnotationQuery:
@@ -127,6 +135,7 @@ def _alert_annotations(q: Queries) -> dash_builders.AnnotationQuery:
 def live_dashboard(team: str, settings: Settings, q: Queries) -> dash.Dashboard:
     """The squad live dashboard of one team: a row per athlete on the session."""
     limits = settings.team_alerts(team)
+    names = athlete_names(settings, team)
     builder = (
         team_dashboard(
             team,
@@ -141,10 +150,10 @@ def live_dashboard(team: str, settings: Settings, q: Queries) -> dash.Dashboard:
         )
         .annotation(_alert_annotations(q))
         .with_row(dash_builders.Row("Squad"))
-        .with_panel(_open_alerts_panel(q, per_athlete=False))
-        .with_row(dash_builders.Row("$athlete").repeat("athlete"))
+        .with_panel(_open_alerts_panel(q, names, per_athlete=False))
+        .with_row(dash_builders.Row(ATHLETE).repeat("athlete"))
         .with_panel(_pressure_panel(q, limits))
         .with_panel(_elapsed_panel(q, limits))
-        .with_panel(_open_alerts_panel(q, per_athlete=True))
+        .with_panel(_open_alerts_panel(q, names, per_athlete=True))
     )
     return builder.build()

@@ -384,6 +384,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         args.end,
         args.format,
         args.out,
+        limit=args.limit,
     )
 
 
@@ -474,6 +475,13 @@ def _query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="end", help="RFC 3339 end")
     p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
     p.add_argument("--out", help="write to FILE instead of stdout")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the latest N rows, 0 for all (default: 200 in a table, all otherwise)",
+    )
 
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.decode import decode_readings
+from ingest.lineproto import line as line_protocol
 from ops.cli import UNCONFIRMED
 from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
 from tests.support.harness import MqttProbe, gateway_settings, influx_v1, wait_for
@@ -70,7 +71,8 @@ HELP: dict[str, tuple[str, ...]] = {
                "--clear", "--username"),
     "ack": ("--team", "--cuff", "--kind", "--by", "--username"),
     "dashboards": ("build", "push", "--out", "--url"),
-    "query": ("bouts", "telemetry", "alerts", "--team", "--athlete", "--since", "--format"),
+    "query": ("bouts", "telemetry", "alerts", "--team", "--athlete", "--since", "--format",
+              "--limit"),
     "check": ("--config", "--timeout"),
     "broker-auth": ("--config", "--out"),
 }
@@ -284,6 +286,46 @@ def test_publishing_to_an_unreachable_broker_fails_in_one_line(
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{command[0]}: cannot reach 127.0.0.1:"), line
+
+
+# -- query --------------------------------------------------------------------------------------
+
+
+def test_query_refuses_an_unknown_team_and_bounds_its_table(
+    influxdb: InfluxDB1Server, influx_db: str, tmp_path: Path,
+) -> None:
+    """Issue 15: `--team senoirs` is exit 2 with one line naming the known teams, not an empty
+    table; a known team without data says so; --limit bounds the table and says so."""
+    influxdb.write(influx_db, "\n".join(
+        line_protocol(
+            "occlusion_bout",
+            [("team", "t1"), ("cuff", "c7"), ("athlete", "a-17"), ("limb", "left_leg")],
+            [("duration_s", 300.0 + k), ("alerts", 0)],
+            1_741_000_000_000 + k * 3_600_000,  # 2025-03-03, hourly
+        )
+        for k in range(3)
+    ))
+    config = write_config(tmp_path / "cuffwatch.toml", {
+        "influx": influx_v1(influxdb, influx_db),
+        "teams": {"t1": {"name": "First team"}, "seniors": {"name": "Seniors"}},
+    })
+    window = ("--from", "2025-03-01", "--to", "2025-03-08")
+    typo = cli("query", "bouts", "-c", str(config), "--team", "senoirs", *window)
+    assert_no_traceback(typo)
+    assert (typo.returncode, typo.stdout) == (2, "")
+    assert typo.stderr == ("query: unknown team 'senoirs' (did you mean 'seniors'?); "
+                           "known teams: seniors (Seniors), t1 (First team)\n")
+    empty = cli("query", "bouts", "-c", str(config), "--team", "seniors", *window)
+    assert (empty.returncode, empty.stdout) == (0, "")
+    assert empty.stderr == ("query: no bouts for team seniors between 2025-03-01T00:00:00Z "
+                            "and 2025-03-08T00:00:00Z\n")
+    bounded = cli("query", "bouts", "-c", str(config), "--team", "t1", *window, "--limit", "2")
+    assert (bounded.returncode, bounded.stderr) == (0, "")
+    assert "301.0" in bounded.stdout
+    assert "300.0" not in bounded.stdout
+    assert bounded.stdout.splitlines()[-1] == (
+        "showing the latest 2 of 3 rows; --limit N or --format csv for all"
+    )
 
 
 # -- simulate -----------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ class Grafana:
     end: datetime
     interval: str
     variables: dict[str, list[str]] = field(default_factory=dict)
+    # A variable's custom all value, used unescaped when its value is All ($__all).
+    all_values: dict[str, str] = field(default_factory=dict)
 
     def expand(self, query: str, time_from: str | None = None) -> str:
         """The query as Grafana sends it: macros, `${v:regex}` and `$v` replaced."""
@@ -73,6 +75,8 @@ class Grafana:
         text = text.replace("$__interval", self.interval)
 
         def regex(m: re.Match[str]) -> str:
+            if self.variables[m.group(1)] == ["$__all"]:
+                return self.all_values[m.group(1)]
             values = [escape_regex(v) for v in self.variables[m.group(1)]]
             return values[0] if len(values) == 1 else "(" + "|".join(values) + ")"
 
@@ -87,7 +91,16 @@ class Grafana:
 
     def with_vars(self, **values: list[str]) -> Grafana:
         """A copy with some variables set to other values."""
-        return Grafana(self.start, self.end, self.interval, self.variables | values)
+        return Grafana(
+            self.start, self.end, self.interval, self.variables | values, self.all_values
+        )
+
+    def with_all(self, model: dict[str, Any], name: str) -> Grafana:
+        """A copy with `name` set to All, as the dashboard `model` defines it."""
+        all_values = self.all_values | {name: variable(model, name)["allValue"]}
+        return Grafana(
+            self.start, self.end, self.interval, self.variables | {name: ["$__all"]}, all_values
+        )
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,12 @@ BOUTS = [
     ("a-23", "c8", "right_arm", H0 + timedelta(hours=9), 900.0, 95.0),
     (HOSTILE, "c9", "left_arm", H0 + timedelta(hours=12), 240.0, 40.0),
     (HOSTILE, "c9", "left_arm", H0 + timedelta(hours=13), 360.0, 60.0),
+    # Not in the example's configuration: only "All" ($athlete's all value) finds it. A
+    # legal leg bout past the arm limit (issue 15: it was painted red).
+    ("a-40", "c10", "left_leg", H0 + 2 * DAY + timedelta(hours=9), 1000.0, 85.0),
+    # Summer (BST, UTC+1): 23:30 UTC on Tuesday 1 July is 00:30 on Wednesday 2 July in
+    # London, t1's zone, in the week that began Monday 30 June 00:00 BST.
+    ("a-17", "c7", "left_leg", datetime(2025, 7, 1, 23, 30, tzinfo=UTC), 480.0, 75.0),
 ]
 
 
@@ -221,14 +240,18 @@ def seed_lines() -> list[str]:
         )
         for athlete, cuff, limb, start, duration, band in BOUTS
     ]
-    lines.append(
+    lines += [
         line(
             "occlusion_bout",
-            [("team", "rehab"), ("cuff", "r1"), ("athlete", "p-01"), ("limb", "right_leg")],
-            [("duration_s", 480.0), ("time_in_band_pct", 75.0), ("alerts", 0)],
-            ms(H0),
+            [("team", "rehab"), ("cuff", cuff), ("athlete", "p-01"), ("limb", limb)],
+            [("duration_s", duration), ("time_in_band_pct", 75.0), ("alerts", 0)],
+            ms(H0 + offset),
         )
-    )
+        for cuff, limb, duration, offset in (
+            ("r1", "right_leg", 480.0, timedelta(0)),
+            ("r2", "left_arm", 300.0, timedelta(hours=1)),
+        )
+    ]
     lines += [_alert(row) for row in ALERTS]
     # Live: a-17 pressure 120, 122, … 138 (mean 129) around target 132, elapsed up to 709 s.
     for i in range(10):
@@ -307,7 +330,9 @@ def test_every_query_of_every_dashboard_runs_and_returns_data(
             frames = run(influxdb, seeded, ctx.expand(query, time_from))
             assert frames, f"{relpath} {where}: no data for {query}"
             ran += 1
-    assert ran == 2 * 6 + 2 * 6 + 6  # per team: live 4 panels + variable + annotation,
+    # per team: live 4 panels + annotation, history 6 panels ($athlete is a custom variable,
+    # no query); the gateway 5 panels + its variable
+    assert ran == 2 * 5 + 2 * 6 + 6
 
 
 def test_a_configured_retention_policy_is_named_in_every_query(
@@ -349,7 +374,7 @@ def test_live_pressure_against_target_band(
     influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
 ) -> None:
     """Mean pressure and target ± the team's tolerance, per limb; rehab's tolerance is 10."""
-    q = target(panel(boards["teams/t1/live.json"], "$athlete: pressure vs target band"))
+    q = target(panel(boards["teams/t1/live.json"], "${athlete:text}: pressure vs target band"))
     (frame,) = run(influxdb, seeded, LIVE.expand(q))
     assert frame.tags == {"limb": "left_leg"}
     (row,) = [r for r in frame.rows if r["pressure"] is not None]
@@ -361,7 +386,8 @@ def test_live_pressure_against_target_band(
         "band_high": 147.0,
     }
 
-    rehab = target(panel(boards["teams/rehab/live.json"], "$athlete: pressure vs target band"))
+    rehab_live = boards["teams/rehab/live.json"]
+    rehab = target(panel(rehab_live, "${athlete:text}: pressure vs target band"))
     ctx = LIVE.with_vars(team=["rehab"], athlete=["p-01"])
     (frame,) = run(influxdb, seeded, ctx.expand(rehab))
     (row,) = frame.rows
@@ -372,14 +398,14 @@ def test_live_elapsed_bout_time_with_the_teams_limits(
     influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
 ) -> None:
     """Latest elapsed_s per limb; thresholds at warn_bout_s and the limb's max_bout_s."""
-    p = panel(boards["teams/t1/live.json"], "$athlete: elapsed bout time")
+    p = panel(boards["teams/t1/live.json"], "${athlete:text}: elapsed bout time")
     frames = run(influxdb, seeded, LIVE.with_vars(athlete=["a-17", "a-23"]).expand(target(p)))
     assert {f.tags["limb"]: f.rows[0]["elapsed"] for f in frames} == {
         "left_leg": 709.0,
         "right_arm": 120.0,
     }
     for team, warn, arm, leg in (("t1", 600, 900, 1200), ("rehab", 420, 600, 900)):
-        p = panel(boards[f"teams/{team}/live.json"], "$athlete: elapsed bout time")
+        p = panel(boards[f"teams/{team}/live.json"], "${athlete:text}: elapsed bout time")
         defaults = p["fieldConfig"]["defaults"]
         assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, warn, arm]
         assert defaults["max"] == arm
@@ -401,7 +427,7 @@ def test_open_alerts_are_the_latest_unresolved_state_per_cuff_and_kind(
         ("c7", "over_time", "critical", "firing"),
         ("c7", "sensor_fault", "warning", "firing"),
     ]
-    mine = panel(live, "$athlete: open alerts")
+    mine = panel(live, "${athlete:text}: open alerts")
     ctx = LIVE.with_vars(athlete=["a-23"])
     assert run(influxdb, seeded, ctx.expand(target(mine), mine["timeFrom"])) == []
 
@@ -409,7 +435,8 @@ def test_open_alerts_are_the_latest_unresolved_state_per_cuff_and_kind(
 def test_alert_annotations_and_athlete_variable(
     influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
 ) -> None:
-    """Annotations: every alert change of the team in range; athletes: the team's only."""
+    """Annotations: every alert change of the team in range. Athletes: the configured ones
+    (names shown, ids selected), each finding its data; All finds every stored athlete."""
     live = boards["teams/t1/live.json"]
     (annotation,) = live["annotations"]["list"]
     (frame,) = run(influxdb, seeded, LIVE.expand(annotation["target"]["query"]))
@@ -417,10 +444,30 @@ def test_alert_annotations_and_athlete_variable(
     assert {r["athlete"] for r in frame.rows} == {"a-17", "a-23"}
     for column in ["message", *annotation["target"]["tagsColumn"].split(",")]:
         assert all(r[column] for r in frame.rows)
+    athlete = variable(live, "athlete")
+    values = [o["value"] for o in athlete["options"] if o["value"] != "$__all"]
+    assert values == ["a-17", "a-23"]
+    elapsed = target(panel(live, "${athlete:text}: elapsed bout time"))
+    for value in values:
+        assert run(influxdb, seeded, LIVE.with_vars(athlete=[value]).expand(elapsed)), value
+    history = boards["teams/t1/athlete.json"]
+    q = target(panel(history, "Bouts per day"))
+    frames = run(influxdb, seeded, HISTORY.with_all(history, "athlete").expand(q))
+    assert {f.tags["athlete"] for f in frames} == {"a-17", "a-23", "a-40", HOSTILE}
+
+
+def test_a_team_without_configured_athletes_lists_the_stored_ones(
+    influxdb: InfluxDB1Server, seeded: str
+) -> None:
+    """No athlete in the configuration: `$athlete` falls back to the ids in the data."""
+    settings = load_settings(None, teams={"t1": {"name": "First team"}})
+    boards = {f.relpath: f.model for f in dashboard_files(settings)}
+    athlete = variable(boards["teams/t1/live.json"], "athlete")
+    assert athlete["type"] == "query"
     # InfluxDB 1.x ignores the time condition of SHOW TAG VALUES (docs/dashboards.md):
     # athletes seen before the window are listed too; 2.x/3.x honour it.
-    (frame,) = run(influxdb, seeded, LIVE.expand(variable(live, "athlete")["query"]))
-    assert {r["value"] for r in frame.rows} == set(ALL_T1)
+    (frame,) = run(influxdb, seeded, LIVE.expand(athlete["query"]))
+    assert {r["value"] for r in frame.rows} == set(ALL_T1)  # a-40 has bouts, no telemetry
 
 
 # -- athlete history ------------------------------------------------------------------------------
@@ -480,15 +527,95 @@ def test_history_pressure_in_band_and_alerts_per_day(
     }
 
 
-def test_history_recent_bouts_table(
+def colour(steps: list[dict[str, Any]], value: float) -> str:
+    """The colour Grafana gives `value` under absolute thresholds: the last step reached."""
+    reached = [s["color"] for s in steps if s["value"] is None or value >= s["value"]]
+    return str(reached[-1])
+
+
+def duration_steps(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thresholds of a table's duration_s column."""
+    (override,) = [
+        o for o in p["fieldConfig"]["overrides"] if o["matcher"]["options"] == "duration_s"
+    ]
+    (steps,) = [
+        prop["value"]["steps"] for prop in override["properties"] if prop["id"] == "thresholds"
+    ]
+    return list(steps)
+
+
+def test_history_recent_bouts_coloured_by_their_limbs_limit(
     influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
 ) -> None:
-    """Newest first; the duration column is coloured from warn_bout_s."""
-    p = panel(boards["teams/t1/athlete.json"], "Recent bouts")
-    (frame,) = run(influxdb, seeded, HISTORY.expand(target(p)))
-    assert [r["duration_s"] for r in frame.rows] == [1200, 660, 540, 600, 420, 300]
-    (override,) = p["fieldConfig"]["overrides"]
-    assert [s["value"] for s in override["properties"][0]["value"]["steps"]] == [None, 600, 900]
+    """Arms and legs in a table each, newest first; a duration is orange from warn_bout_s and
+    red from its own limb's max_bout_s: a legal 1,000 s leg bout is orange, not red."""
+    history = boards["teams/t1/athlete.json"]
+    ctx = HISTORY.with_vars(athlete=["a-17", "a-23", "a-40", HOSTILE])
+    legs = panel(history, "Recent leg bouts")
+    (frame,) = run(influxdb, seeded, ctx.expand(target(legs)))
+    coloured = [(r["athlete"], r["duration_s"], colour(duration_steps(legs), r["duration_s"]))
+                for r in frame.rows]
+    assert coloured == [
+        ("a-17", 1200, "red"),
+        ("a-40", 1000, "orange"),
+        ("a-17", 660, "orange"),
+        ("a-17", 540, "green"),
+        ("a-17", 600, "orange"),
+        ("a-17", 420, "green"),
+        ("a-17", 300, "green"),
+    ]
+    arms = panel(history, "Recent arm bouts")
+    (frame,) = run(influxdb, seeded, ctx.expand(target(arms)))
+    steps = duration_steps(arms)
+    assert [(r["athlete"], r["limb"], r["duration_s"], colour(steps, r["duration_s"]))
+            for r in frame.rows] == [
+        (HOSTILE, "left_arm", 360, "green"),
+        (HOSTILE, "left_arm", 240, "green"),
+        ("a-23", "right_arm", 900, "red"),
+    ]
+
+
+def test_history_days_and_weeks_are_the_teams(
+    influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
+) -> None:
+    """t1 is in Europe/London: a bout at 23:30 UTC on 1 July (BST) counts on 2 July, whose
+    bucket starts at local midnight (23:00 UTC), and in the week from Monday 30 June 00:00
+    BST. rehab's (UTC) queries bucket the same bout on 1 July UTC."""
+    summer = Grafana(datetime(2025, 6, 25, tzinfo=UTC), datetime(2025, 7, 10, tzinfo=UTC), "1h",
+                     {"team": ["t1"], "athlete": ["a-17"]})
+    local_midnight = datetime(2025, 7, 1, 23, tzinfo=UTC)
+    t1 = boards["teams/t1/athlete.json"]
+    frames = run(influxdb, seeded, summer.expand(target(panel(t1, "Bouts per day"))))
+    assert by_tag(frames, "athlete", "bouts") == {("a-17", ms(local_midnight)): 1}
+    frames = run(influxdb, seeded, summer.expand(target(panel(t1, "Pressure in band %"))))
+    assert by_tag(frames, "athlete", "in_band_pct") == {("a-17", ms(local_midnight)): 75.0}
+    frames = run(influxdb, seeded, summer.expand(target(panel(t1, "Occlusion minutes per week"))))
+    week = datetime(2025, 6, 29, 23, tzinfo=UTC)  # Monday 30 June 00:00 BST
+    assert by_tag(frames, "athlete", "minutes") == {("a-17", ms(week)): 8.0}
+    utc = target(panel(boards["teams/rehab/athlete.json"], "Bouts per day"))
+    frames = run(influxdb, seeded, summer.expand(utc))
+    assert by_tag(frames, "athlete", "bouts") == {("a-17", ms(datetime(2025, 7, 1, tzinfo=UTC))): 1}
+
+
+def test_history_series_are_named_by_athlete_name(
+    influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
+) -> None:
+    """Each series the data gives (alias $tag_athlete: the id) that is a configured athlete
+    has a byName override to the athlete's name; others keep their id."""
+    history = boards["teams/t1/athlete.json"]
+    p = panel(history, "Bouts per day")
+    frames = run(influxdb, seeded, HISTORY.with_all(history, "athlete").expand(target(p)))
+    assert target_alias(p) == "$tag_athlete"
+    display = {o["matcher"]["options"]: o["properties"][0]["value"]
+               for o in p["fieldConfig"]["overrides"] if o["properties"][0]["id"] == "displayName"}
+    names = {f.tags["athlete"]: display.get(f.tags["athlete"], f.tags["athlete"]) for f in frames}
+    assert names == {"a-17": "Jo Example", "a-23": "Sam Sample", "a-40": "a-40", HOSTILE: HOSTILE}
+
+
+def target_alias(p: dict[str, Any]) -> str:
+    """The alias of a panel's single target."""
+    (t,) = p["targets"]
+    return str(t["alias"])
 
 
 # -- gateway health -------------------------------------------------------------------------------

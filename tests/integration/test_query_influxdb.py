@@ -58,6 +58,11 @@ BOUTS = [
     ("t2", "a-17", "x1", "left_leg", H0 + 9 * HOUR, 500.0, 10.0),  # another team
     ("t1", "a-17", "c7", "left_leg", H0 + 20 * DAY, 100.0, 100.0),  # after the window
 ]
+# Team t3: a burst of telemetry longer than a table shows, its floats as a mean or a sum of
+# tenths leaves them (142.70000000000005 is what the user saw).
+T3 = H0 + 3 * DAY + 8 * HOUR
+T3_READINGS = 250
+NOISY_PRESSURE = 142.70000000000005
 # (team, athlete, cuff, kind, severity, state, alert_id, acknowledged_by, at)
 ALERTS: list[tuple[str, str, str, str, str, str, str, str | None, datetime]] = [
     ("t1", "a-17", "c7", "over_time", "warning", "firing", "A1", None, H0 + 10 * HOUR),
@@ -109,6 +114,20 @@ def seed_lines(now: datetime) -> list[str]:
                     alert_id=alert_id, ts_ms=ms(at), message=f"{kind} {state}",
                     acknowledged_by=acked)
         for team, athlete, cuff, kind, severity, state, alert_id, acked, at in ALERTS
+    ]
+    lines += [
+        line(
+            "cuff_telemetry",
+            [("team", "t3"), ("cuff", "c31"), ("athlete", "a-31"), ("limb", "right_leg")],
+            [
+                ("pressure_mmhg", NOISY_PRESSURE),
+                ("elapsed_s", 0.1 * i),
+                ("battery_pct", 86.6),
+                ("seq", i),
+            ],
+            ms(T3 + i * timedelta(seconds=1)),
+        )
+        for i in range(T3_READINGS)
     ]
     for ago, seq in ((timedelta(minutes=10), 2), (timedelta(hours=3), 1)):
         lines.append(
@@ -358,13 +377,14 @@ def test_query_command_table(settings: Settings, capsys: pytest.CaptureFixture[s
         assert value in text
 
 
-# (kind, format, --since, --from) and the message expected on standard error.
+# (kind, format, --since, --from, --limit) and the message expected on standard error.
 BAD_INPUT = [
-    (("bouts", "parquet", None, None), "needs --out"),
-    (("sessions", "csv", None, None), "unknown query"),
-    (("bouts", "xml", None, None), "unknown format"),
-    (("bouts", "csv", "7x", None), "since"),
-    (("bouts", "csv", "7d", "2025-03-03"), "either"),
+    (("bouts", "parquet", None, None, None), "needs --out"),
+    (("sessions", "csv", None, None, None), "unknown query"),
+    (("bouts", "xml", None, None, None), "unknown format"),
+    (("bouts", "csv", "7x", None, None), "since"),
+    (("bouts", "csv", "7d", "2025-03-03", None), "either"),
+    (("bouts", "csv", None, None, -1), "--limit"),
 ]
 
 
@@ -372,12 +392,14 @@ BAD_INPUT = [
 def test_query_command_bad_input(
     settings: Settings,
     capsys: pytest.CaptureFixture[str],
-    case: tuple[str, str, str | None, str | None],
+    case: tuple[str, str, str | None, str | None, int | None],
     message: str,
 ) -> None:
     """Exit code 2 and one line on standard error."""
-    kind, fmt, since, start = case
-    assert query_command(settings, kind, "t1", fmt=fmt, since=since, start=start) == 2
+    kind, fmt, since, start, limit = case
+    assert (
+        query_command(settings, kind, "t1", fmt=fmt, since=since, start=start, limit=limit) == 2
+    )
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
@@ -464,11 +486,142 @@ def test_documented_example(influxdb: InfluxDB1Server, seeded: str, name: str) -
 def test_csv_and_json_writers_handle_an_empty_result(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No rows: a header alone, an empty array."""
-    assert query_command(settings, "bouts", "nobody", fmt="csv", start=FROM, end=TO) == 0
+    """A known team with no rows in the window: a header alone, an empty array (exit 0)."""
+    empty = ("2024-01-01", "2024-01-08")
+    assert query_command(settings, "bouts", "t1", fmt="csv", start=empty[0], end=empty[1]) == 0
     assert next(csv.reader(io.StringIO(capsys.readouterr().out)))[0] == "time"
-    assert query_command(settings, "bouts", "nobody", fmt="json", start=FROM, end=TO) == 0
+    assert query_command(settings, "bouts", "t1", fmt="json", start=empty[0], end=empty[1]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+# -- issue 15: unknown names, empty windows, rounded and bounded tables ---------------------
+
+
+def with_teams(settings: Settings, *teams: str) -> Settings:
+    """The seeded database's settings with these teams configured (t1 with its athletes)."""
+    roster: dict[str, Any] = {t: {"name": t.title()} for t in teams}
+    if "t1" in roster:
+        roster["t1"]["athletes"] = {"a-17": {"name": "Jo Example"}, "a-50": {"name": "Ana Bench"}}
+    return load_settings(None, influx=settings.influx.model_dump(), teams=roster)
+
+
+def test_an_unknown_team_is_refused_naming_the_known_ones(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--team senoirs`: exit 2 and one line with a close match and the known teams, not an
+    empty table; known = configured or stored (a team out of the config keeps its history)."""
+    configured = with_teams(settings, "seniors", "t1")
+    assert query_command(configured, "bouts", "senoirs", start=FROM, end=TO) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "query: unknown team 'senoirs' (did you mean 'seniors'?); "
+        "known teams: seniors (Seniors), t1 (T1), t2, t3\n"
+    )
+    # No config: the teams stored in InfluxDB are the known ones.
+    assert query_command(settings, "alerts", "t9", fmt="csv", start=FROM, end=TO) == 2
+    assert capsys.readouterr().err == "query: unknown team 't9'; known teams: t1, t2, t3\n"
+    # A stored team missing from the configuration still answers.
+    assert query_command(configured, "bouts", "t2", fmt="json", start=FROM, end=TO) == 0
+    assert [d["cuff"] for d in json.loads(capsys.readouterr().out)] == ["x1"]
+
+
+def test_an_unknown_athlete_is_refused_naming_the_teams_athletes(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--athlete a-71` in t1: exit 2, the close match and t1's athletes (names from the
+    config); an athlete stored but not configured is known."""
+    configured = with_teams(settings, "t1")
+    assert query_command(configured, "bouts", "t1", "a-71", start=FROM, end=TO) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("query: unknown athlete 'a-71' in team t1 (did you mean 'a-17'?); ")
+    assert "known athletes: a-17 (Jo Example), a-23, a-50 (Ana Bench), " in err
+    assert err.count("\n") == 1
+    assert query_command(configured, "bouts", "t1", "jo exampel", start=FROM, end=TO) == 2
+    assert "(did you mean 'a-17'?)" in capsys.readouterr().err  # a name suggests its id
+    assert query_command(configured, "bouts", "t1", "a-23", fmt="csv", start=FROM, end=TO) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 2
+
+
+def test_a_known_team_without_data_in_the_window_says_so(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 0, nothing on stdout for a table, "no bouts for team … between … and …" on
+    stderr; the same for a configured team or athlete that never stored anything."""
+    configured = with_teams(settings, "seniors", "t1")
+    assert query_command(configured, "bouts", "t1", start="2024-01-01", end="2024-01-08") == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "query: no bouts for team t1 between 2024-01-01T00:00:00Z and 2024-01-08T00:00:00Z\n"
+    )
+    assert query_command(configured, "alerts", "seniors", since="2d") == 0
+    assert re.fullmatch(
+        r"query: no alerts for team seniors between \S+Z and now\n", capsys.readouterr().err
+    )
+    assert query_command(configured, "telemetry", "t1", "a-50", start=FROM, end=TO) == 0
+    assert capsys.readouterr().err == (
+        "query: no telemetry for team t1, athlete a-50, between 2025-03-03T00:00:00Z and "
+        "2025-03-17T00:00:00Z\n"
+    )
+
+
+def test_table_rounds_to_the_sensor_resolution_and_shows_the_latest_200(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """250 readings: the table has the latest 200, pressure 142.7 (not 142.70000000000005),
+    elapsed to 0.1 s, battery whole, and a line saying how to get the rest."""
+    assert query_command(settings, "telemetry", "t3", start=FROM, end=TO) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert captured.err == ""
+    assert "142.70000000000005" not in text
+    assert text.count(" 142.7 ") == 200
+    first_shown = T3 + (T3_READINGS - 200) * timedelta(seconds=1)
+    stamp = first_shown.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert stamp in text
+    hidden = (first_shown - timedelta(seconds=1)).isoformat(timespec="milliseconds")
+    assert hidden.replace("+00:00", "Z") not in text
+    assert " 5.0 " in text  # elapsed 0.1 * 50 = 5.0, shown to 0.1 s
+    assert " 24.9 " in text  # 0.1 * 249 = 24.900000000000002
+    assert " 87 " in text  # battery 86.6 %: whole percent
+    assert text.rstrip("\n").splitlines()[-1] == (
+        "showing the latest 200 of 250 rows; --limit N or --format csv for all"
+    )
+    assert query_command(settings, "telemetry", "t3", start=FROM, end=TO, limit=0) == 0
+    text = capsys.readouterr().out
+    assert text.count(" 142.7 ") == 250
+    assert "showing" not in text
+    assert query_command(settings, "telemetry", "t3", start=FROM, end=TO, limit=5) == 0
+    assert "showing the latest 5 of 250 rows" in capsys.readouterr().out
+
+
+def test_csv_and_json_carry_every_row_as_stored(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No default limit and no rounding outside the table: the values InfluxDB holds."""
+    assert query_command(settings, "telemetry", "t3", fmt="csv", start=FROM, end=TO) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 1 + T3_READINGS
+    column = table[0].index("pressure_mmhg")
+    assert {r[column] for r in table[1:]} == {"142.70000000000005"}
+    assert query_command(settings, "telemetry", "t3", fmt="json", start=FROM, end=TO) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == T3_READINGS
+    assert data[3]["elapsed_s"] == 0.1 * 3  # 0.30000000000000004
+    assert query_command(settings, "telemetry", "t3", fmt="json", start=FROM, end=TO, limit=3) == 0
+    assert [d["seq"] for d in json.loads(capsys.readouterr().out)] == [247, 248, 249]
+
+
+def test_python_limit_keeps_the_latest_rows_and_counts_them_all(client: InfluxQLClient) -> None:
+    """`limit`: the latest rows, oldest first; `total` is every matching row."""
+    rows = telemetry(client, "t3", start=START, end=END, limit=10)
+    assert [r["seq"] for r in rows] == list(range(240, 250))
+    assert (rows.total, rows.truncated) == (250, True)
+    everything = telemetry(client, "t3", start=START, end=END)
+    assert (len(everything), everything.total, everything.truncated) == (250, 250, False)
+    few = bouts(client, "t1", "a-23", start=START, end=END, limit=10)
+    assert (len(few), few.total) == (2, 2)
 
 
 def test_the_cli_query_command_end_to_end(

@@ -84,11 +84,11 @@ def test_live_layout_variables_and_refresh(boards: dict[str, dict[str, Any]]) ->
     team = variable(live, "team")
     assert (team["type"], team["query"], team["hide"]) == ("constant", "t1", 2)
     athlete = variable(live, "athlete")
-    assert (athlete["multi"], athlete["includeAll"], athlete["refresh"]) == (True, True, 2)
+    assert (athlete["type"], athlete["multi"], athlete["includeAll"]) == ("custom", True, True)
     rows = [p for p in live["panels"] if p["type"] == "row"]
     assert [(r["title"], r.get("repeat")) for r in rows] == [
         ("Squad", None),
-        ("$athlete", "athlete"),
+        ("${athlete:text}", "athlete"),
     ]
     assert [p["id"] for p in live["panels"]] == list(range(1, len(live["panels"]) + 1))
     (annotation,) = live["annotations"]["list"]
@@ -101,7 +101,7 @@ def test_live_pressure_thresholds_are_the_teams_hard_ceilings(
 ) -> None:
     """Arm ceiling by default, leg ceiling for leg series, per team."""
     for team, arm, leg in (("t1", 250, 300), ("rehab", 220, 260)):
-        p = panel(boards[f"teams/{team}/live.json"], "$athlete: pressure vs target band")
+        p = panel(boards[f"teams/{team}/live.json"], "${athlete:text}: pressure vs target band")
         steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert [s["value"] for s in steps] == [None, arm]
         (leg_override,) = [
@@ -110,6 +110,135 @@ def test_live_pressure_thresholds_are_the_teams_hard_ceilings(
         assert [s["value"] for s in leg_override["properties"][0]["value"]["steps"]] == [None, leg]
         assert re.match(leg_override["matcher"]["options"], "left_leg pressure")
         assert not re.match(leg_override["matcher"]["options"], "left_arm pressure")
+
+
+# -- issue 15: names, not ids; each limb's own limits; the team's time zone ----------------------
+
+
+def grafana_custom_options(query: str) -> list[tuple[str, str]]:
+    """(text, value) of a custom variable's query, parsed as Grafana 11 (scenes) does."""
+    options = []
+    for raw in re.findall(r"(?:\\,|[^,])+", query):
+        text = raw.replace("\\,", ",")
+        match = re.match(r"^\s*(.+)\s:\s(.+)$", text)
+        if match:
+            options.append((match.group(1).strip(), match.group(2).strip()))
+        else:
+            options.append((text.strip(), text.strip()))
+    return options
+
+
+def test_the_athlete_variable_shows_names_and_selects_ids(
+    boards: dict[str, dict[str, Any]],
+) -> None:
+    """`$athlete` is a custom variable from the configuration: text = name, value = id, the
+    same in its query (what Grafana parses) and its options; All is every athlete stored."""
+    expected = {"t1": [("Jo Example", "a-17"), ("Sam Sample", "a-23")], "rehab": [("p-01", "p-01")]}
+    for team, pairs in expected.items():
+        for stem in ("live", "athlete"):
+            v = variable(boards[f"teams/{team}/{stem}.json"], "athlete")
+            assert v["type"] == "custom"
+            assert grafana_custom_options(v["query"]) == pairs
+            assert [(o["text"], o["value"]) for o in v["options"]] == [("All", "$__all"), *pairs]
+            assert (v["allValue"], v["current"]["value"]) == (".*", "$__all")
+            assert (v["multi"], v["includeAll"]) == (True, True)
+
+
+def test_athlete_names_survive_grafanas_custom_syntax() -> None:
+    """Commas, line breaks, a shared name and a roster-only athlete; no athlete at all keeps
+    the ids from the data (a query variable)."""
+    settings = load_settings(
+        None,
+        teams={
+            "t": {
+                "athletes": {
+                    "a-1": {"name": "Smith, Jo"},
+                    "a-2": {"name": "Sam\n  Lee"},
+                    "a-3": {"name": "Sam Lee"},
+                    "a-4": {"name": "Ana : Bell"},
+                },
+                "cuffs": {"c1": {"athlete": "a-9", "limb": "left_arm"}},
+            },
+            "bare": {"name": "No athletes"},
+        },
+    )
+    files = {f.relpath: f.model for f in dashboard_files(settings)}
+    v = variable(files["teams/t/live.json"], "athlete")
+    assert grafana_custom_options(v["query"]) == [
+        ("a-9", "a-9"),
+        ("Ana : Bell", "a-4"),
+        ("Sam Lee (a-2)", "a-2"),
+        ("Sam Lee (a-3)", "a-3"),
+        ("Smith, Jo", "a-1"),
+    ]
+    bare = variable(files["teams/bare/live.json"], "athlete")
+    assert bare["type"] == "query"
+    assert bare["query"].startswith('SHOW TAG VALUES FROM "cuff_telemetry" WITH KEY = "athlete"')
+
+
+def _overrides(p: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A panel's field overrides: matcher options to properties."""
+    return {o["matcher"]["options"]: o["properties"] for o in p["fieldConfig"]["overrides"]}
+
+
+def test_series_and_table_cells_name_the_athletes(boards: dict[str, dict[str, Any]]) -> None:
+    """History series (one per athlete id) get the athlete's name as display name; the
+    athlete column of every table maps ids to names; titles use ${athlete:text}."""
+    history = boards["teams/t1/athlete.json"]
+    for title in ("Bouts per day", "Occlusion minutes per week", "Pressure in band %"):
+        found = _overrides(panel(history, title))
+        assert found["a-17"] == [{"id": "displayName", "value": "Jo Example"}], title
+        assert found["a-23"] == [{"id": "displayName", "value": "Sam Sample"}], title
+    live = boards["teams/t1/live.json"]
+    tables = [
+        panel(live, "Open alerts (squad)"),
+        panel(live, "${athlete:text}: open alerts"),
+        panel(history, "Recent arm bouts"),
+        panel(history, "Recent leg bouts"),
+    ]
+    for p in tables:
+        ((mapping,),) = [prop["value"] for prop in _overrides(p)["athlete"]]
+        assert mapping["type"] == "value"
+        texts = {k: v["text"] for k, v in mapping["options"].items()}
+        assert texts == {"a-17": "Jo Example", "a-23": "Sam Sample"}, p["title"]
+    titles = [p["title"] for p in live["panels"]]
+    assert not [t for t in titles if "$athlete" in t]
+
+
+def _steps(p: dict[str, Any], field: str) -> list[float | None]:
+    (props,) = [o["properties"] for o in p["fieldConfig"]["overrides"]
+                if o["matcher"]["options"] == field]
+    (thresholds,) = [prop["value"] for prop in props if prop["id"] == "thresholds"]
+    return [s["value"] for s in thresholds["steps"]]
+
+
+def test_recent_bouts_are_coloured_against_their_own_limbs_limit(
+    boards: dict[str, dict[str, Any]],
+) -> None:
+    """A table each for arm and leg bouts, filtered by limb, each duration red from its own
+    limb's max_bout_s (the team's): a 1,000 s leg bout is no longer red."""
+    for team, warn, arm, leg in (("t1", 600, 900, 1200), ("rehab", 420, 600, 900)):
+        history = boards[f"teams/{team}/athlete.json"]
+        assert not [p for p in history["panels"] if p["title"] == "Recent bouts"]
+        arms, legs = panel(history, "Recent arm bouts"), panel(history, "Recent leg bouts")
+        assert _steps(arms, "duration_s") == [None, warn, arm]
+        assert _steps(legs, "duration_s") == [None, warn, leg]
+        assert "_arm$/" in arms["targets"][0]["query"]
+        assert "_leg$/" in legs["targets"][0]["query"]
+
+
+def test_dashboards_use_the_teams_time_zone(boards: dict[str, dict[str, Any]]) -> None:
+    """t1 (Europe/London): both dashboards in its zone and day/week buckets at its midnight;
+    rehab (UTC by default): Grafana's utc, and no tz() clause."""
+    for stem in ("live", "athlete"):
+        assert boards[f"teams/t1/{stem}.json"]["timezone"] == "Europe/London"
+        assert boards[f"teams/rehab/{stem}.json"]["timezone"] == "utc"
+    for title in ("Bouts per day", "Occlusion minutes per week", "Pressure in band %",
+                  "Alerts per day"):
+        t1 = panel(boards["teams/t1/athlete.json"], title)["targets"][0]["query"]
+        assert t1.endswith("fill(none) tz('Europe/London')"), title
+        rehab = panel(boards["teams/rehab/athlete.json"], title)["targets"][0]["query"]
+        assert "tz(" not in rehab, title
 
 
 # -- the SDK, committed output, provisioning ------------------------------------------------------

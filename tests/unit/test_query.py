@@ -6,12 +6,17 @@ Against a real InfluxDB 1.x: tests/integration/test_query_influxdb.py.
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from core.config import load_settings
 from ingest.query import (
+    DEFAULT_TABLE_LIMIT,
+    _footer,
+    _row_limit,
+    _unknown,
     parse_since,
     parse_time,
     query_command,
@@ -19,6 +24,7 @@ from ingest.query import (
     quote_literal,
     time_bounds,
 )
+from ingest.query_output import Rows, write_csv, write_table
 from tests.support.servers import free_port
 
 H0 = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
@@ -91,3 +97,52 @@ def test_query_command_unreachable_influxdb(capsys: pytest.CaptureFixture[str]) 
     assert "cannot query InfluxDB" in capsys.readouterr().err
     file_store = load_settings(None, influx={"api": "file"})
     assert query_command(file_store, "bouts", "t1") == 2
+
+
+# -- issue 15: a table for reading, the other formats for tools ------------------------------------
+
+
+def test_table_shows_each_column_to_its_resolution() -> None:
+    """Floats with a resolution get exactly its digits (never -0.0); CSV keeps every digit."""
+    rows = Rows(
+        [{"pressure_mmhg": 142.70000000000005, "battery_pct": 86.6, "elapsed_s": -0.04,
+          "seq": 7, "other": 0.1 + 0.2}],
+        columns=("pressure_mmhg", "battery_pct", "elapsed_s", "seq", "other"),
+        types=("float", "float", "float", "int", "float"),
+        decimals={"pressure_mmhg": 1, "battery_pct": 0, "elapsed_s": 1},
+    )
+    table = io.StringIO()
+    write_table(rows, table, footer="the footer")
+    cells = [c.strip() for c in table.getvalue().splitlines()[3].split("│")[1:-1]]
+    assert cells == ["142.7", "87", "0.0", "7", "0.30000000000000004"]
+    assert table.getvalue().endswith("\nthe footer\n")
+    text = io.StringIO()
+    write_csv(rows, text)
+    assert text.getvalue().splitlines()[1] == "142.70000000000005,86.6,-0.04,7,0.30000000000000004"
+
+
+def test_rows_total_and_the_default_limits() -> None:
+    """total: the rows matched (at least the rows held); a table 200 by default, others all."""
+    rows = Rows([{"a": 1}] * 3, columns=("a",), types=("int",), total=1700)
+    assert (rows.total, rows.truncated) == (1700, True)
+    assert Rows([{"a": 1}], columns=("a",), types=("int",)).truncated is False
+    assert _row_limit("table", None) == DEFAULT_TABLE_LIMIT == 200
+    assert _row_limit("csv", None) is None
+    assert (_row_limit("table", 0), _row_limit("json", 5)) == (None, 5)
+    assert _footer(Rows([{"a": 1}] * 200, total=1700)) == (
+        "showing the latest 200 of 1,700 rows; --limit N or --format csv for all"
+    )
+
+
+def test_unknown_names_suggest_and_list_what_is_known() -> None:
+    """A close id or name, then the known ids with their names; a long list is cut short."""
+    assert _unknown("team", "senoirs", {"seniors": "Seniors", "t1": ""}) == (
+        "unknown team 'senoirs' (did you mean 'seniors'?); known teams: seniors (Seniors), t1"
+    )
+    assert _unknown("athlete", "jo exampel", {"a-17": "Jo Example"}, " in team t1") == (
+        "unknown athlete 'jo exampel' in team t1 (did you mean 'a-17'?); "
+        "known athletes: a-17 (Jo Example)"
+    )
+    assert _unknown("team", "x", {}) == "unknown team 'x': no team is configured or stored"
+    many = {f"t{n:02}": "" for n in range(25)}
+    assert _unknown("team", "zzz", many).endswith("t19 and 5 more")
