@@ -61,6 +61,7 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_TEAM = "unknown_team"
     UNKNOWN_CUFF = "unknown_cuff"
     WRONG_TEAM = "wrong_team"
+    UNKNOWN_ATHLETE = "unknown_athlete"  # a reading's `athlete` override names no known athlete
     INVALID_ASSIGNMENT = "invalid_assignment"
     INVALID_STATUS = "invalid_status"
     NOT_AUTHORISED = "not_authorised"

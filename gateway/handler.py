@@ -116,8 +116,7 @@ class MessageHandler:
         try:
             parsed = self.topics.parse(topic)
         except BadTopic as exc:
-            self.rejects.count(RejectReason.BAD_TOPIC, "", "", str(exc), now_s)
-            return NOTHING_TO_DO
+            return self._bad_topic(exc, payload, now_s)
         if parsed is None:
             return NOTHING_TO_DO  # ours to ignore: our own alerts, rejections, statuses
         team, cuff = parsed.team, parsed.cuff
@@ -133,6 +132,20 @@ class MessageHandler:
             rejection = Rejection(team, cuff, rej.reason, rej.detail, payload)
             self.rejects.count(rej.reason, team, cuff, rej.detail, now_s)
             return Actions(rejection=rejection)  # nothing of it staged: acknowledge now
+
+    def _bad_topic(self, exc: BadTopic, payload: bytes, now_s: float) -> Actions:
+        """A topic with an invalid team or cuff id: counted, logged, and published on the
+        cuff's `rejected` topic when one can be named without the invalid id: a valid cuff
+        id of the roster, under its roster team (a team id alone names no cuff topic)."""
+        team, cuff = exc.team, exc.cuff
+        if cuff is not None and team is None:
+            state = self.fleet.cuffs.get(cuff)
+            team = state.team if state is not None else None
+        detail = str(exc)
+        self.rejects.count(RejectReason.BAD_TOPIC, team or "", cuff or "", detail, now_s)
+        if team is None or cuff is None:
+            return NOTHING_TO_DO
+        return Actions(rejection=Rejection(team, cuff, RejectReason.BAD_TOPIC, detail, payload))
 
     def _control(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> Actions:
         """Status, assignment, ack and retained-alert messages."""
@@ -165,6 +178,13 @@ class MessageHandler:
         """
         state = self.fleet.lookup(team, cuff)
         raws = decode_readings(payload)
+        # an `athlete` override must name an athlete the team knows, else the whole message
+        # is rejected before any of it reaches the rules (the common reading has none)
+        roster = state.known_athletes.roster
+        for raw in raws:
+            athlete = raw.athlete
+            if athlete is not None and athlete not in roster:
+                state.check_athlete(athlete)  # one assigned to a cuff of the team, or Rejected
         received_ms = int(now_s * 1000)
         counters = self.counters
         counters.readings_received += len(raws)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 
 from core.config import Assignment, Settings
@@ -20,6 +21,10 @@ from gateway.decode import RawReading, Rejected, RejectReason
 # newest seq, so 1,024 slots catch it. 8 KiB per cuff, allocated at its first reading.
 DEDUP_SLOTS = 1024
 _SLOT_MASK = DEDUP_SLOTS - 1
+# The limits a cuff resolved, per (athlete, limb), are kept until the assignment changes; a
+# reading may name another roster athlete or limb (SPEC §2), so past this many the cache
+# starts over: what a device sends cannot grow it beyond a few KiB.
+PARAMS_CACHE_SIZE = 32
 
 
 @dataclass(slots=True)
@@ -40,6 +45,33 @@ class Dedup:
 
 
 @dataclass(slots=True)
+class TeamAthletes:
+    """The athletes a team's readings may name in their `athlete` override: a device cannot
+    mint athletes (each would be an InfluxDB tag value, and limits resolved and cached).
+
+    Those the roster knows (`teams.T.athletes`, and the roster cuffs' owners) and those the
+    team's cuffs are assigned to now. Bounded by the configuration and the team's cuffs,
+    whatever devices send; one instance shared by the team's cuffs.
+    """
+
+    roster: frozenset[str]
+    assigned: Counter[str] = field(default_factory=Counter)  # athlete -> cuffs assigned to them
+
+    def knows(self, athlete: str) -> bool:
+        return athlete in self.roster or athlete in self.assigned
+
+    def reassign(self, old: str | None, new: str | None) -> None:
+        """A cuff's assignment went from athlete `old` to `new` (None: no assignment)."""
+        assigned = self.assigned
+        if new is not None:
+            assigned[new] += 1
+        if old is not None:
+            assigned[old] -= 1
+            if assigned[old] <= 0:
+                del assigned[old]
+
+
+@dataclass(slots=True)
 class CuffState:
     """Everything the gateway remembers about one roster cuff."""
 
@@ -55,7 +87,8 @@ class CuffState:
     last_elapsed_s: float = 0.0
     battery_pct: float | None = None
     accepted: int = 0
-    last_ts_ms: int = 0  # the last receive-time timestamp given to a clock-skewed reading
+    # the athletes a reading's `athlete` may name (shared by the team's cuffs)
+    known_athletes: TeamAthletes = field(default_factory=lambda: TeamAthletes(frozenset()))
     _params: dict[tuple[str, Limb], RuleParams] = field(default_factory=dict)
     _dedup: Dedup | None = None
 
@@ -77,16 +110,32 @@ class CuffState:
         return dedup.seen(seq, device_ts, pressure, elapsed)
 
     def set_assignment(self, assignment: Assignment | None) -> None:
+        old = self.assignment
+        self.known_athletes.reassign(old.athlete if old else None,
+                               assignment.athlete if assignment else None)
         self.assignment = assignment
         self._params.clear()
+
+    def check_athlete(self, athlete: str) -> None:
+        """Rejected unless a reading may name `athlete` (`TeamAthletes`): one of the team's
+        roster, or one a cuff of the team is assigned to."""
+        if not self.known_athletes.knows(athlete):
+            raise Rejected(
+                RejectReason.UNKNOWN_ATHLETE,
+                f"athlete {athlete!r} is neither in team {self.team}'s roster nor "
+                "assigned to one of its cuffs",
+            )
 
     def params(self, settings: Settings, athlete: str, limb: Limb) -> RuleParams:
         """The cuff's resolved limits, cached per (athlete, limb) until the assignment changes."""
         key = (athlete, limb)
-        cached = self._params.get(key)
+        cache = self._params
+        cached = cache.get(key)
         if cached is None:
             cached = settings.rule_params(self.team, athlete, limb, self.assignment)
-            self._params[key] = cached
+            if len(cache) >= PARAMS_CACHE_SIZE:
+                cache.clear()
+            cache[key] = cached
         return cached
 
 
@@ -97,8 +146,12 @@ class Fleet:
         self.settings = settings
         self.cuffs: dict[str, CuffState] = {}
         for team_id, team in settings.teams.items():
+            athletes = TeamAthletes(frozenset(team.athletes).union(
+                rc.athlete for rc in team.cuffs.values() if rc.athlete))
             for cuff_id, rc in team.cuffs.items():
-                self.cuffs[cuff_id] = CuffState(team_id, cuff_id, rc.athlete or "", rc.limb)
+                self.cuffs[cuff_id] = CuffState(
+                    team_id, cuff_id, rc.athlete or "", rc.limb, known_athletes=athletes
+                )
         alerts = settings.alerts
         self._max_ahead_ms = int(alerts.max_clock_skew_s * 1000)
         self._max_behind_ms = int(alerts.max_backlog_s * 1000)
@@ -119,16 +172,18 @@ class Fleet:
     def to_reading(
         self, state: CuffState, raw: RawReading, received_ms: int, device_ts: int | None = None
     ) -> Reading:
-        """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms())."""
+        """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms()).
+
+        Its `athlete`, if any, is one `CuffState.check_athlete` allowed (the caller checks).
+        """
         ts = raw.ts_ms() if device_ts is None else device_ts
         skew: float | None = None
         if ts - received_ms > self._max_ahead_ms or received_ms - ts > self._max_behind_ms:
             skew = (ts - received_ms) / 1000.0
-            # receive time instead; kept unique among the cuff's flagged readings so that
-            # those of one array do not overwrite each other in InfluxDB (same series, same
-            # timestamp). The rules still see the device's own time (received + skew).
-            ts = max(received_ms, state.last_ts_ms + 1)
-            state.last_ts_ms = ts
+            # receive time instead (SPEC §2). Readings stored at one receive time (those of
+            # one array) stay distinct points by their seq (ingest/lineproto.py). The rules
+            # still see the device's own time (received + skew).
+            ts = received_ms
         # positional, in field order (team, cuff, athlete, limb, ts_ms, seq, pressure_mmhg,
         # elapsed_s, inflated, target_mmhg, battery_pct, clock_skew_s, received_ms): once
         # per reading, and keywords cost a third more
