@@ -3,8 +3,8 @@
 Broker: `bench.mqttpub` (the same publisher the end-to-end runs use: 40 connections over
 the load cuffs, QoS 1) against one `mosquitto_sub -q 1 -V mqttv5` subscriber that exits
 after counting every message. InfluxDB: the gateway's own telemetry lines, 5,000 per
-HTTP `/write?precision=ms`, from one writer (like the gateway: one batch in flight) and
-from two concurrent writers.
+HTTP `/write` (in their precision, `lineproto.PRECISION`), from one writer (like the
+gateway: one batch in flight) and from two concurrent writers.
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ def telemetry_lines(count: int, cuffs: int) -> list[bytes]:
 
 
 def _writer(host: str, port: int, db: str, bodies: list[bytes], errors: list[str]) -> None:
+    from ingest.lineproto import PRECISION
+
     conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         for body in bodies:
-            conn.request("POST", f"/write?db={db}&precision=ms", body=body,
+            conn.request("POST", f"/write?db={db}&precision={PRECISION}", body=body,
                          headers={"Content-Type": "text/plain"})
             resp = conn.getresponse()
             resp.read()

@@ -28,7 +28,17 @@ class ParsedTopic:
 
 
 class BadTopic(CoreError, ValueError):
-    """A topic under our root that does not name a valid team and cuff."""
+    """A topic under our root that does not name a valid team and cuff.
+
+    `team` and `cuff` are those of its ids that are valid (None for an invalid one): only a
+    valid id may go into a topic built in answer (SPEC §2's grammar; `+`, `#` and the like
+    cannot).
+    """
+
+    def __init__(self, message: str, *, team: str | None = None, cuff: str | None = None) -> None:
+        super().__init__(message)
+        self.team = team
+        self.cuff = cuff
 
 
 # Parsed topics are remembered (a fleet reuses the same few thousand topic names); past this
@@ -116,13 +126,13 @@ class Topics:
                 kind = _CUFF_KINDS[parts[3]]
             except KeyError:
                 return None
-            return ParsedTopic(kind, _check_id(parts[0]), _check_id(parts[2]))
+            return ParsedTopic(kind, *_check_ids(parts[0], parts[2]))
         if parts[0] == "_gateway":
             return None
         if n == 4 and parts[1] == "alerts":
-            return ParsedTopic(TopicKind.ALERT, _check_id(parts[0]), _check_id(parts[2]), parts[3])
+            return ParsedTopic(TopicKind.ALERT, *_check_ids(parts[0], parts[2]), parts[3])
         if n == 5 and parts[1] == "alerts" and parts[4] == "ack":
-            return ParsedTopic(TopicKind.ACK, _check_id(parts[0]), _check_id(parts[2]), parts[3])
+            return ParsedTopic(TopicKind.ACK, *_check_ids(parts[0], parts[2]), parts[3])
         return None
 
 
@@ -133,7 +143,15 @@ _CUFF_KINDS = {
 }
 
 
-def _check_id(value: str) -> str:
-    if _ID_RE.fullmatch(value) is None:
-        raise BadTopic(f"invalid id {value[:80]!r} in topic")
-    return value
+def _check_ids(team: str, cuff: str) -> tuple[str, str]:
+    """(team, cuff) if both are valid ids; else BadTopic naming the first invalid one."""
+    team_ok = _ID_RE.fullmatch(team) is not None
+    cuff_ok = _ID_RE.fullmatch(cuff) is not None
+    if team_ok and cuff_ok:
+        return team, cuff
+    bad = cuff if team_ok else team
+    raise BadTopic(
+        f"invalid id {bad[:80]!r} in topic",
+        team=team if team_ok else None,
+        cuff=cuff if cuff_ok else None,
+    )

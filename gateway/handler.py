@@ -143,8 +143,7 @@ class MessageHandler:
         try:
             parsed = self.topics.parse(topic)
         except BadTopic as exc:
-            self.rejects.count(RejectReason.BAD_TOPIC, "", "", str(exc), now_s)
-            return NOTHING_TO_DO
+            return self._bad_topic(exc, payload, now_s)
         if parsed is None:
             return NOTHING_TO_DO  # ours to ignore: our own alerts, rejections, statuses
         team, cuff = parsed.team, parsed.cuff
@@ -160,6 +159,20 @@ class MessageHandler:
             rejection = Rejection(team, cuff, rej.reason, rej.detail, payload)
             self.rejects.count(rej.reason, team, cuff, rej.detail, now_s)
             return Actions(rejection=rejection)  # nothing of it staged: acknowledge now
+
+    def _bad_topic(self, exc: BadTopic, payload: bytes, now_s: float) -> Actions:
+        """A topic with an invalid team or cuff id: counted, logged, and published on the
+        cuff's `rejected` topic when one can be named without the invalid id: a valid cuff
+        id of the roster, under its roster team (a team id alone names no cuff topic)."""
+        team, cuff = exc.team, exc.cuff
+        if cuff is not None and team is None:
+            state = self.fleet.cuffs.get(cuff)
+            team = state.team if state is not None else None
+        detail = str(exc)
+        self.rejects.count(RejectReason.BAD_TOPIC, team or "", cuff or "", detail, now_s)
+        if team is None or cuff is None:
+            return NOTHING_TO_DO
+        return Actions(rejection=Rejection(team, cuff, RejectReason.BAD_TOPIC, detail, payload))
 
     def _control(self, parsed: ParsedTopic, payload: bytes, retain: bool) -> Actions:
         """Status, assignment, ack and retained-alert messages."""
@@ -201,6 +214,13 @@ class MessageHandler:
         """
         state = self.fleet.lookup(team, cuff)
         raws = decode_readings(payload)
+        # an `athlete` override must name an athlete the team knows, else the whole message
+        # is rejected before any of it reaches the rules (the common reading has none)
+        roster = state.known_athletes
+        for raw in raws:
+            athlete = raw.athlete
+            if athlete is not None and athlete not in roster:
+                state.check_athlete(athlete)  # Rejected
         received_ms = int(now_s * 1000)
         counters = self.counters
         counters.readings_received += len(raws)
@@ -279,12 +299,8 @@ class MessageHandler:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "assignment"
             raise Rejected(RejectReason.INVALID_ASSIGNMENT, f"{where}: {first['msg']}") from None
-        if assignment.athlete not in self.settings.known_athletes(state.team):
-            # it would be pushed to staff and stored as a tag: only the roster's athletes
-            raise Rejected(
-                RejectReason.UNKNOWN_ATHLETE,
-                f"athlete '{assignment.athlete}' is not in team {state.team}'s roster",
-            )
+        # it would be pushed to staff and stored as a tag: only the roster's athletes
+        state.check_athlete(assignment.athlete)
         state.set_assignment(assignment)
         log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)
         return f"{team}/{cuff}: assigned to {assignment.athlete} {state.limb.value}"

@@ -20,6 +20,10 @@ from gateway.decode import RawReading, Rejected, RejectReason
 # newest seq, so 1,024 slots catch it. 8 KiB per cuff, allocated at its first reading.
 DEDUP_SLOTS = 1024
 _SLOT_MASK = DEDUP_SLOTS - 1
+# The limits a cuff resolved, per (athlete, limb), are kept until the assignment changes; a
+# reading may name another roster athlete or limb (SPEC §2), so past this many the cache
+# starts over: what a device sends cannot grow it beyond a few KiB.
+PARAMS_CACHE_SIZE = 32
 
 
 @dataclass(slots=True)
@@ -55,7 +59,10 @@ class CuffState:
     last_elapsed_s: float = 0.0
     battery_pct: float | None = None
     accepted: int = 0
-    last_ts_ms: int = 0  # the last receive-time timestamp given to a clock-skewed reading
+    # the athletes a reading's `athlete` (or an assignment) may name: the team's roster
+    # (`Settings.known_athletes`, shared by the team's cuffs). A device cannot mint athletes:
+    # each would be an InfluxDB tag value, and limits resolved and cached.
+    known_athletes: frozenset[str] = frozenset()
     _params: dict[tuple[str, Limb], RuleParams] = field(default_factory=dict)
     _dedup: Dedup | None = None
 
@@ -80,13 +87,25 @@ class CuffState:
         self.assignment = assignment
         self._params.clear()
 
+    def check_athlete(self, athlete: str) -> None:
+        """Rejected unless a reading or an assignment may name `athlete`: one of the team's
+        roster (assignments name only those too)."""
+        if athlete not in self.known_athletes:
+            raise Rejected(
+                RejectReason.UNKNOWN_ATHLETE,
+                f"athlete '{athlete}' is not in team {self.team}'s roster",
+            )
+
     def params(self, settings: Settings, athlete: str, limb: Limb) -> RuleParams:
         """The cuff's resolved limits, cached per (athlete, limb) until the assignment changes."""
         key = (athlete, limb)
-        cached = self._params.get(key)
+        cache = self._params
+        cached = cache.get(key)
         if cached is None:
             cached = settings.rule_params(self.team, athlete, limb, self.assignment)
-            self._params[key] = cached
+            if len(cache) >= PARAMS_CACHE_SIZE:
+                cache.clear()
+            cache[key] = cached
         return cached
 
 
@@ -97,8 +116,11 @@ class Fleet:
         self.settings = settings
         self.cuffs: dict[str, CuffState] = {}
         for team_id, team in settings.teams.items():
+            athletes = settings.known_athletes(team_id)
             for cuff_id, rc in team.cuffs.items():
-                self.cuffs[cuff_id] = CuffState(team_id, cuff_id, rc.athlete or "", rc.limb)
+                self.cuffs[cuff_id] = CuffState(
+                    team_id, cuff_id, rc.athlete or "", rc.limb, known_athletes=athletes
+                )
         alerts = settings.alerts
         self._max_ahead_ms = int(alerts.max_clock_skew_s * 1000)
         self._max_behind_ms = int(alerts.max_backlog_s * 1000)
@@ -119,16 +141,18 @@ class Fleet:
     def to_reading(
         self, state: CuffState, raw: RawReading, received_ms: int, device_ts: int | None = None
     ) -> Reading:
-        """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms())."""
+        """Resolve identity and clock for one validated reading (`device_ts`: its ts_ms()).
+
+        Its `athlete`, if any, is one `CuffState.check_athlete` allowed (the caller checks).
+        """
         ts = raw.ts_ms() if device_ts is None else device_ts
         skew: float | None = None
         if ts - received_ms > self._max_ahead_ms or received_ms - ts > self._max_behind_ms:
             skew = (ts - received_ms) / 1000.0
-            # receive time instead; kept unique among the cuff's flagged readings so that
-            # those of one array do not overwrite each other in InfluxDB (same series, same
-            # timestamp). The rules still see the device's own time (received + skew).
-            ts = max(received_ms, state.last_ts_ms + 1)
-            state.last_ts_ms = ts
+            # receive time instead (SPEC §2). Readings stored at one receive time (those of
+            # one array) stay distinct points by their seq (ingest/lineproto.py). The rules
+            # still see the device's own time (received + skew).
+            ts = received_ms
         # positional, in field order (team, cuff, athlete, limb, ts_ms, seq, pressure_mmhg,
         # elapsed_s, inflated, target_mmhg, battery_pct, clock_skew_s, received_ms): once
         # per reading, and keywords cost a third more

@@ -1,7 +1,16 @@
 """InfluxDB line protocol (SPEC §4): escaping and the builders for our four measurements.
 
-Every builder returns one line without its trailing newline; timestamps are epoch ms, so
-writers send `precision=ms`. What a user can type never breaks a line:
+Every builder returns one line without its trailing newline. Builders take times in epoch
+ms and write them in nanoseconds (`PRECISION`, line protocol's default), which every writer
+declares: a `cuff_telemetry` point is at `ts_ms × 10⁶ + seq mod 10⁶` ns, so two readings of
+one cuff in the same millisecond (an array stamped alike, whole-second RFC 3339 times at
+5 Hz, clock-skewed readings stored at one receive time) are distinct points, ordered by
+`seq` (unless a multiple of 10⁶ falls between their seqs: still distinct), and the same
+reading is always the same point (a redelivery rewrites it: no state, so also after a
+restart). The offset is below a millisecond: what InfluxQL returns with `epoch=ms`, and
+every window in whole ms, sees the reading's own ms. Other points are at `ms × 10⁶`.
+
+What a user can type never breaks a line:
 
 - measurement, tag keys/values and field keys: `,` `=` and space are backslash-escaped
   (`=` not in a measurement); CR and LF become a space (line protocol has no newline
@@ -27,6 +36,9 @@ from alerts.model import BoutSummary, Transition
 from core.model import Reading
 
 __all__ = [
+    "NS_PER_MS",
+    "PRECISION",
+    "SUB_MS_SLOTS",
     "FieldValue",
     "alert_line",
     "bout_line",
@@ -37,6 +49,7 @@ __all__ = [
     "escape_tag",
     "format_field",
     "line",
+    "ms_lines_to_ns",
     "normalize_name",
     "normalize_string_field",
     "stats_line",
@@ -44,6 +57,14 @@ __all__ = [
 ]
 
 FieldValue = bool | int | float | str | None
+
+# The precision every line is written in, as writers name it (`/write?precision=`, the
+# v2 client's WritePrecision.NS, `influx write --precision`): nanoseconds.
+PRECISION = "ns"
+NS_PER_MS = 1_000_000
+# A telemetry point's sub-millisecond offset is `seq % SUB_MS_SLOTS` ns: readings of one cuff
+# in one ms differ unless their seqs are a multiple of a million apart.
+SUB_MS_SLOTS = NS_PER_MS
 
 TELEMETRY = "cuff_telemetry"
 BOUT = "occlusion_bout"
@@ -135,7 +156,8 @@ def line(
     fields: Iterable[tuple[str, FieldValue]],
     ts_ms: int,
 ) -> str:
-    """A general line; empty or None tags and None fields are left out; no fields is an error."""
+    """A general line at `ts_ms` (written in ns); empty or None tags and None fields are left
+    out; no fields is an error."""
     head = escape_measurement(measurement)
     pairs = sorted(tags, key=lambda kv: kv[0])
     tag_text = "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in pairs if v)
@@ -146,7 +168,7 @@ def line(
             parts.append(f"{escape_field_key(key)}={text}")
     if not parts:
         raise ValueError(f"a {measurement} line needs at least one field")
-    return f"{head}{tag_text} {','.join(parts)} {int(ts_ms)}"
+    return f"{head}{tag_text} {','.join(parts)} {int(ts_ms) * NS_PER_MS}"
 
 
 @lru_cache(maxsize=TAG_CACHE_SIZE)
@@ -194,6 +216,7 @@ def telemetry_line(r: Reading, target_mmhg: float | None = None) -> str:
 
     On the hot path (once per reading): one cached prefix, the usual fields in one f-string,
     float texts from a memo (`known(x) or _float_text(x)`: "0.0" is a true string too).
+    Timed at `ts × 10⁶ + seq mod 10⁶` ns (the module docstring says why).
     """
     team, cuff, athlete, limb, ts, seq, p, e, inflated, own_target, battery, skew, _ = r
     prefix = _telemetry_prefix(athlete, cuff, limb, team)
@@ -208,14 +231,15 @@ def telemetry_line(r: Reading, target_mmhg: float | None = None) -> str:
         tail += _opt("clock_skew_s", skew)
     flag = "true" if inflated else "false"
     if isfinite(p) and isfinite(e):
+        # NS_PER_MS and SUB_MS_SLOTS as literals: two global lookups saved per reading
         return (
             f"{prefix} seq={seq}i,inflated={flag},"
             f"pressure_mmhg={known(p) or _float_text(p)},"
-            f"elapsed_s={known(e) or _float_text(e)}{tail} {ts}"
+            f"elapsed_s={known(e) or _float_text(e)}{tail} {ts * 1_000_000 + seq % 1_000_000}"
         )
     return (
         f"{prefix} seq={seq}i,inflated={flag}{_opt('pressure_mmhg', p)}"
-        f"{_opt('elapsed_s', e)}{tail} {ts}"
+        f"{_opt('elapsed_s', e)}{tail} {ts * NS_PER_MS + seq % SUB_MS_SLOTS}"
     )
 
 
@@ -228,7 +252,7 @@ def bout_line(b: BoutSummary) -> str:
         f"{_opt('min_pressure_mmhg', b.min_pressure_mmhg)}"
         f"{_opt('max_pressure_mmhg', b.max_pressure_mmhg)}"
         f"{_opt('target_mmhg', b.target_mmhg)}{_opt('time_in_band_pct', b.time_in_band_pct)}"
-        f" {int(b.start_ms)}"
+        f" {int(b.start_ms) * NS_PER_MS}"
     )
 
 
@@ -246,7 +270,7 @@ def alert_line(t: Transition) -> str:
         f"{prefix} state={escape_string_field(str(a.state))}"
         f"{_opt('value', a.value)}{_opt('threshold', a.threshold)}"
         f",message={escape_string_field(a.message)},alert_id={escape_string_field(a.id)}"
-        f"{acked} {int(a.updated_at_ms)}"
+        f"{acked} {int(a.updated_at_ms) * NS_PER_MS}"
     )
 
 
@@ -258,3 +282,19 @@ def stats_line(instance: str, ts_ms: int, **counters: FieldValue) -> str:
 def encode_lines(lines: Iterable[str]) -> bytes:
     """Lines as one UTF-8 body, each ending in a newline; a lone surrogate becomes `?`."""
     return "".join(f"{text}\n" for text in lines).encode("utf-8", "replace")
+
+
+def ms_lines_to_ns(body: bytes) -> bytes:
+    """Lines timed in ms, as gateways before ns precision wrote them (their spool records
+    outlive an upgrade), timed in ns: each line's timestamp × 10⁶, nothing else changed.
+
+    A line's timestamp is its last space-separated token when that is all digits (a field
+    set always holds a `=`, so a line without one is left as it is). Not on the hot path:
+    only an earlier gateway's records go through it, once each.
+    """
+    lines = body.split(b"\n")
+    for i, text in enumerate(lines):
+        _, space, stamp = text.rpartition(b" ")
+        if space and stamp.removeprefix(b"-").isdigit():
+            lines[i] = text + b"000000"  # × NS_PER_MS
+    return b"\n".join(lines)

@@ -46,6 +46,7 @@ from ingest.errors import (
     SpoolError,
     TransientSinkError,
 )
+from ingest.lineproto import PRECISION
 from ingest.pipeline_memory import Batch, MemoryBuffer
 from ingest.pipeline_replay import Replay
 from ingest.pipeline_stats import PipelineState, PipelineStats
@@ -364,7 +365,8 @@ class IngestPipeline:
         stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.rejected_dir / f"rejected-{stamp}-{batch.last_position}.lp"
         comment = " ".join(reason.split())
-        path.write_bytes(f"# {comment}\n".encode() + batch.body)
+        head = f"# {comment}\n# timestamps in {PRECISION}\n"
+        path.write_bytes(head.encode() + batch.body)
         saved = sorted(self.rejected_dir.glob("rejected-*.lp"))
         for old in saved[:-MAX_REJECTED_FILES]:
             old.unlink(missing_ok=True)

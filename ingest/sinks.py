@@ -1,8 +1,9 @@
 """Where batches of line protocol go: InfluxDB 1.x (v1 API), 2.x/3.x (v2 API), or local files.
 
-Every sink takes a whole batch (newline-terminated lines, ms timestamps) and either stores
-all of it or raises one of our errors; library errors are translated here, at the edge,
-and the class (`ingest.errors`, importable from here too) decides the pipeline's policy:
+Every sink takes a whole batch (newline-terminated lines, timestamps in ns:
+`lineproto.PRECISION`) and either stores all of it or raises one of our errors; library
+errors are translated here, at the edge, and the class (`ingest.errors`, importable from
+here too) decides the pipeline's policy:
 
 - `TransientSinkError` — timeouts, refused connections, 5xx, 429: retry with backoff;
 - `PermanentSinkError` — 401/403 (credentials), 404 (no such database/bucket): nothing
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 import aiohttp
 
 from ingest.errors import PermanentSinkError, RejectedBatchError, SinkError, TransientSinkError
+from ingest.lineproto import PRECISION
 
 if TYPE_CHECKING:  # ingest imports only the model modules at run time (docs/architecture.md)
     from core.config import InfluxSettings
@@ -141,7 +143,7 @@ async def _maybe_gzip(body: bytes) -> bytes:
 
 
 class InfluxV1Sink:
-    """InfluxDB 1.x: POST /write?db=&rp=&precision=ms, basic auth when a username is given."""
+    """InfluxDB 1.x: POST /write?db=&rp=&precision=ns, basic auth when a username is given."""
 
     def __init__(
         self,
@@ -157,7 +159,7 @@ class InfluxV1Sink:
         options = _Http(**http)
         self.url = url.rstrip("/")
         self.database = database
-        self._params = {"db": database, "precision": "ms"}
+        self._params = {"db": database, "precision": PRECISION}
         if retention_policy:
             self._params["rp"] = retention_policy
         self._auth = aiohttp.BasicAuth(username, password or "") if username else None
@@ -248,7 +250,8 @@ class InfluxV2Sink:
         write_api = self._write_api or self._open()
         try:
             await write_api.write(
-                bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.MS
+                bucket=self.bucket, org=self.org, record=body,
+                write_precision=WritePrecision.NS,  # lineproto.PRECISION (a unit test holds it)
             )
         except ApiException as exc:
             status = int(exc.status or 0)
@@ -272,13 +275,17 @@ class InfluxV2Sink:
 
 
 FILE_PATTERN = "cuffwatch-%Y%m%d-%H.lp"
+# How an earlier gateway's files, whose timestamps are in ms, begin.
+LEGACY_MS_HEADER = b"# cuffwatch line protocol (SPEC \xc2\xa74), timestamps in ms."
 
 
 class FileSink:
     """Line protocol appended to hourly files `cuffwatch-YYYYMMDD-HH.lp` (UTC), fsynced.
 
-    Each file starts with a header that `influx -import -path=F -precision=ms` (1.x)
-    needs; `influx write --precision ms -f F` (2.x) reads it as comments.
+    Each file starts with a header that `influx -import -path=F -precision=ns` (1.x)
+    needs; `influx write --precision ns -f F` (2.x) reads it as comments. An hour's file
+    begun by an earlier gateway, in ms (`LEGACY_MS_HEADER`), is left as it is: that hour's
+    later lines go to `cuffwatch-YYYYMMDD-HH-ns.lp` beside it.
     """
 
     def __init__(
@@ -294,13 +301,15 @@ class FileSink:
         self.database = database
         self.retention_policy = retention_policy
         self._clock = clock
+        self._target: tuple[Path, Path] | None = None  # an hour's file -> where its lines go
 
     def header(self) -> bytes:
         """The comment block a new file starts with."""
         lines = [
-            "# cuffwatch line protocol (SPEC §4), timestamps in ms. Import with",
-            "#   InfluxDB 1.x: influx -import -path=FILE -precision=ms",
-            f"#   InfluxDB 2.x: influx write --bucket {self.database} --precision ms --file FILE",
+            f"# cuffwatch line protocol (SPEC §4), timestamps in {PRECISION}. Import with",
+            f"#   InfluxDB 1.x: influx -import -path=FILE -precision={PRECISION}",
+            f"#   InfluxDB 2.x: influx write --bucket {self.database} --precision {PRECISION}"
+            " --file FILE",
             "# DML",
             f"# CONTEXT-DATABASE: {self.database}",
         ]
@@ -312,9 +321,24 @@ class FileSink:
         """The file a batch written at `epoch_s` goes to."""
         return self.directory / datetime.fromtimestamp(epoch_s, tz=UTC).strftime(FILE_PATTERN)
 
+    def _file_for(self, path: Path) -> Path:
+        """`path`, or its `-ns` sibling if an earlier gateway began it with ms timestamps."""
+        known = self._target
+        if known is not None and known[0] == path:
+            return known[1]
+        target = path
+        try:
+            with path.open("rb") as f:
+                if f.read(len(LEGACY_MS_HEADER)) == LEGACY_MS_HEADER:
+                    target = path.with_name(f"{path.stem}-ns{path.suffix}")
+        except FileNotFoundError:
+            pass
+        self._target = (path, target)
+        return target
+
     def _append(self, body: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path_for(self._clock())
+        path = self._file_for(self.path_for(self._clock()))
         if body and not body.endswith(b"\n"):
             body += b"\n"
         with path.open("ab") as f:

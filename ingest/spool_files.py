@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.errors import CorruptRecordError, SpoolError
-from ingest.spool_record import HEADER_BYTES, read_header, read_payload
+from ingest.spool_record import HEADER_BYTES, read_header, read_payload, upgrade_payload
 
 __all__ = [
     "LOCK_FILE",
@@ -252,7 +252,9 @@ def read_records(
     """Records after position `after` in the segments `view` ((base, path, good size) each).
 
     About `max_bytes` of payload, at least one record; (position, payload) each, oldest
-    first. A bad record is reported to `on_corrupt` and the rest of its segment skipped.
+    first, every payload in the current version (`upgrade_payload`: an earlier gateway's
+    ms lines come back timed in ns). A bad record is reported to `on_corrupt` and the rest
+    of its segment skipped.
     """
     out: list[tuple[int, bytes]] = []
     total = 0
@@ -269,7 +271,7 @@ def read_records(
                     header = read_header(f, offset, size)
                     if out and total + header.length > max_bytes:
                         return out
-                    payload = read_payload(f, header)
+                    payload = upgrade_payload(header, read_payload(f, header))
                 except CorruptRecordError as exc:
                     on_corrupt(base, offset, exc.reason)
                     break

@@ -1,10 +1,18 @@
 """The spool's record format: how one record is framed on disk, and the one parser for it.
 
-A record is a 20-byte header — magic `CWS1`, payload length (u32), CRC32 of length,
-ordinal and payload (u32), ordinal (u64, +1 per record) — followed by the payload. The
-writer frames with `frame_header`; recovery (`ingest.spool_files.scan_segment`), the reader
+A record is a 20-byte header — magic, payload length (u32), CRC32 of length, ordinal and
+payload (u32), ordinal (u64, +1 per record) — followed by the payload. The writer frames
+with `frame_header`; recovery (`ingest.spool_files.scan_segment`), the reader
 (`ingest.spool_files.read_records`) and the written mark all parse with `read_header` /
 `unpack_header` and `read_payload`, which raise `CorruptRecordError` naming what is wrong.
+
+The magic is also the payload's version, per record (a spool outlives an upgrade, and the
+new gateway appends to the old one's last segment): `CWS2` (`MAGIC`), line protocol timed
+in ns (`ingest.lineproto.PRECISION`); `CWS1` (`MAGIC_MS`), line protocol timed in ms, as
+gateways before issue #17 (one point per reading) wrote it. `upgrade_payload` turns a
+record's payload into the current version, so everything past the reader sees ns lines.
+A gateway older than `CWS2` takes a `CWS2` record for a corrupt tail: downgrade with a
+drained spool only (docs/contract.md, section 4).
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ import zlib
 from typing import BinaryIO, NamedTuple
 
 from ingest.errors import CorruptRecordError
+from ingest.lineproto import ms_lines_to_ns
 
 __all__ = [
     "HEADER_BYTES",
     "MAGIC",
+    "MAGIC_MS",
     "MAX_RECORD_BYTES",
     "SCAN_CHUNK_BYTES",
     "RecordHeader",
@@ -25,9 +35,12 @@ __all__ = [
     "read_header",
     "read_payload",
     "unpack_header",
+    "upgrade_payload",
 ]
 
-MAGIC = b"CWS1"
+MAGIC = b"CWS2"  # what this gateway writes: the payload's lines are timed in ns
+MAGIC_MS = b"CWS1"  # an earlier gateway's record: its lines are timed in ms
+_MAGICS = (MAGIC, MAGIC_MS)
 _HEADER = struct.Struct("<4sIIQ")  # magic, payload length, crc32, ordinal
 _CRC_PREFIX = struct.Struct("<IQ")  # length and ordinal, covered by the CRC with the payload
 HEADER_BYTES = _HEADER.size
@@ -41,11 +54,12 @@ SCAN_CHUNK_BYTES = 1 << 20
 
 
 class RecordHeader(NamedTuple):
-    """A record's header fields (the magic checked and dropped)."""
+    """A record's header fields (the magic checked, and kept as `ms`)."""
 
     length: int
     crc: int
     ordinal: int
+    ms: bool = False  # framed by an earlier gateway (MAGIC_MS): the payload is timed in ms
 
 
 def frame_header(payload: bytes, ordinal: int) -> bytes:
@@ -61,9 +75,9 @@ def unpack_header(raw: bytes) -> RecordHeader:
     if len(raw) < HEADER_BYTES:
         raise CorruptRecordError("torn record header")
     magic, length, crc, ordinal = _HEADER.unpack(raw)
-    if magic != MAGIC:
+    if magic not in _MAGICS:
         raise CorruptRecordError("bad record magic")
-    return RecordHeader(length, crc, ordinal)
+    return RecordHeader(length, crc, ordinal, magic == MAGIC_MS)
 
 
 def read_header(f: BinaryIO, offset: int, size: int) -> RecordHeader:
@@ -102,3 +116,9 @@ def read_payload(f: BinaryIO, header: RecordHeader, *, keep: bool = True) -> byt
     if remaining or check != header.crc:
         raise CorruptRecordError("record CRC mismatch")
     return b""
+
+
+def upgrade_payload(header: RecordHeader, payload: bytes) -> bytes:
+    """`payload` (checked, of the record `header` announced) in the current version: an
+    earlier gateway's ms lines timed in ns; a current record's payload as it is."""
+    return ms_lines_to_ns(payload) if header.ms else payload

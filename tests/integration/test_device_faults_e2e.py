@@ -97,8 +97,8 @@ async def nothing_retained(mosquitto: MosquittoServer, root: str, topic: str) ->
 # The restart reading's device time, from the last reading's before the restart.
 RESTARTS: dict[str, Callable[[int], int]] = {
     "clock_reset_to_5s": lambda last: 5000,  # flagged as clock skew, stored at receive time
-    # these two land on an earlier reading's device time (seq 99, seq 79): stored there as
-    # is, the restart's point overwrites that reading's in InfluxDB (same series, time)
+    # these two land on an earlier reading's device time (seq 99, seq 79): both are stored,
+    # a point each (the restart's seq 0 sets it apart below the millisecond)
     "same_ts_as_last": lambda last: last,
     "2s_before_last": lambda last: last - 2000,
     "running_clock": lambda last: last + 100,
@@ -149,12 +149,10 @@ async def test_restarted_cuff_reading_is_stored_and_raises_its_alert(
         assert restarted, (
             f"the restarted cuff's reading (seq 0, ts {restart_ts}, 380 mmHg) was dropped, not "
             f"stored: {gw.counters.duplicates} reading(s) counted as duplicates")
-        # Two readings of one cuff at the same device ms are one InfluxDB point until readings
-        # get distinct sub-ms times: issue "Stays up and honest when resources run out",
-        # item 5. Until then the restart's point replaces the one it lands on.
-        same_time = restart in ("same_ts_as_last", "2s_before_last")
-        assert len(rows) == (100 if same_time else 101), (
-            f"{len(rows)} cuff_telemetry points for c1")
+        # one point per accepted reading (SPEC §4), also where the restart's device time is
+        # an earlier reading's (issue #17, item 5: it used to replace that reading's point)
+        assert len(rows) == 101, f"{len(rows)} cuff_telemetry points for c1"
+        assert sorted(int(r["seq"]) for r in rows if r["pressure_mmhg"] == 150) == list(range(100))
         assert int(restarted[0]["seq"]) == 0
         await wait_for(lambda: criticals(watch, op), timeout=AFTER_BARRIER_S,
                        what="critical over_pressure from the restarted cuff's 380 mmHg")

@@ -7,7 +7,9 @@ and then counts: every reading present, each exactly once.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ import gmqtt
 import pytest
 
 from core.config import Settings
+from ingest.lineproto import NS_PER_MS
+from ingest.spool import Spool
+from ingest.spool_files import MARK_FILE, segment_name
 from tests.support.gateway_process import GatewayProcess
 from tests.support.harness import (
     MqttProbe,
@@ -246,6 +251,60 @@ async def test_corrupt_spool_tail_is_skipped_and_good_records_replayed(
         assert gw.spool.corrupt_records + gw.spool.truncated_bytes > 0
         await assert_every_reading_once(influxdb, "bfr", stream)
         assert gw.mqtt.connected.is_set()
+
+
+def rewrite_as_the_previous_version(spool_dir: Path) -> int:
+    """Make the spool what the gateway before ns precision leaves: the same pending records,
+    each framed `CWS1` (the same layout), its lines timed in ms, the reading's own ms and
+    no seq part (that version's line protocol). Returns how many records there are."""
+    with Spool(spool_dir) as spool:
+        records = [payload for _, payload in spool.read(spool.written_position, 1 << 30)]
+    old = bytearray()
+    for ordinal, payload in enumerate(records, 1):
+        lines = payload.rstrip(b"\n").split(b"\n")
+        ms = b"".join(b"%s %d\n" % (head, int(stamp) // NS_PER_MS)
+                      for head, _, stamp in (x.rpartition(b" ") for x in lines))
+        crc = zlib.crc32(ms, zlib.crc32(struct.pack("<IQ", len(ms), ordinal)))
+        old += struct.pack("<4sIIQ", b"CWS1", len(ms), crc, ordinal) + ms
+    for path in spool_dir.glob("*.seg"):
+        path.unlink()
+    (spool_dir / segment_name(0)).write_bytes(old)
+    (spool_dir / MARK_FILE).write_text("cuffwatch-spool-mark 1 0 0\n")
+    return len(records)
+
+
+async def test_a_spool_left_by_the_previous_version_replays_at_the_right_times(
+    mosquitto: MosquittoServer, make_influxdb: Callable[[], InfluxDB1Server], topic_root: str,
+    tmp_path: Path,
+) -> None:
+    """An upgrade with readings still spooled in ms (the version before ns precision): they
+    reach InfluxDB at their own times, not in 1970, and the new ones follow in ns."""
+    influxdb = make_influxdb()
+    influxdb.create_database("bfr")
+    spool_dir = tmp_path / "spool"
+    settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
+    down = settings.model_copy(update={"influx": settings.influx.model_copy(
+        update={"url": "http://127.0.0.1:1"})})
+    async with running_gateway(down) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        stream = Stream(dev, topic_root)
+        await stream.send(10)
+        await stream.acked()
+        await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
+    assert rewrite_as_the_previous_version(spool_dir) > 0
+    async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        assert gw.spool.corrupt_records == 0
+        upgraded_from = stream.sent
+        stream.probe = dev
+        await stream.send(5)
+        await assert_every_reading_once(influxdb, "bfr", stream)
+    rows = await asyncio.to_thread(
+        influxdb.query, "bfr", 'SELECT "seq" FROM cuff_telemetry GROUP BY "cuff"', epoch="ns")
+    assert len(rows) == stream.total
+    for row in rows:
+        seq = int(row["seq"])
+        at_ms = (stream.t0 + seq * 100) * NS_PER_MS
+        # spooled before the upgrade: at its ms; after it: its seq below the ms
+        assert row["time"] == (at_ms if seq < upgraded_from else at_ms + seq), row
 
 
 @pytest.mark.slow

@@ -353,6 +353,9 @@ async def test_hostile_athlete_names_round_trip_through_influxdb_tags(
     topic = f"{topic_root}/t1/cuffs/c2/telemetry"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         for seq, name in enumerate(names):
+            # a name staff typed reaches a reading through an assignment (a device cannot
+            # mint athletes: `unknown_athlete`); the reading names it too
+            dev.publish(f"{topic_root}/t1/cuffs/c1/assignment", {"athlete": name})
             dev.publish(topic, {**valid_reading(seq, now - 5000 + seq), "athlete": name})
         await wait_for(lambda: _eq(count_valid(influxdb, influx_db), len(names)),
                        what="every hostile-named reading stored")

@@ -24,7 +24,8 @@ HOSTILE_NAMES = [
 
 
 def _select_one(influxdb: InfluxDB1Server, db: str, measurement: str, ts: int) -> dict[str, Any]:
-    query = f'SELECT * FROM "{measurement}" WHERE time = {ts}ms'
+    """The one point in millisecond `ts` (a reading's is a seq's worth of ns into it)."""
+    query = f'SELECT * FROM "{measurement}" WHERE time >= {ts}ms AND time < {ts + 1}ms'
     rows = influxdb.query(db, query)
     assert len(rows) == 1, rows
     return rows[0]

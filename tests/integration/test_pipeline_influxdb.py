@@ -181,7 +181,7 @@ async def test_a_rejected_batch_is_set_aside_and_the_rest_flows(
     async with running(pipeline):
         await submit_range(pipeline, 0, 100)
         await until(lambda: spool.records_pending == 0, "good lines")
-        await pipeline.submit(b'cuff_telemetry,team=t1 seq="text" 1763900000005\n', 1)
+        await pipeline.submit(b'cuff_telemetry,team=t1 seq="text" 1763900000005000000\n', 1)
         await submit_range(pipeline, 100, 200)
         await until(lambda: spool.records_pending == 0, "past the bad line")
         assert pipeline.state is PipelineState.OK
@@ -191,6 +191,7 @@ async def test_a_rejected_batch_is_set_aside_and_the_rest_flows(
     saved = list((spool.directory / "rejected").iterdir())
     assert len(saved) == 1
     assert b'seq="text"' in saved[0].read_bytes()
+    assert b"\n# timestamps in ns\n" in saved[0].read_bytes()  # how to import it again
 
 
 async def test_after_a_spill_memory_mode_resumes_under_a_steady_stream(

@@ -174,6 +174,7 @@ def test_influxdb_write_and_query_exact(influxdb: InfluxDB1Server, influx_db: st
         influx_db,
         f"cuff_telemetry,team=t1,cuff=c7 pressure_mmhg=180.5,seq=41i,inflated=true {T0_MS}\n"
         f"cuff_telemetry,team=t1,cuff=c8 pressure_mmhg=0,seq=7i,inflated=false {T0_MS + 1}\n",
+        precision="ms",
     )
     rows = influxdb.query(
         influx_db, "SELECT pressure_mmhg, seq, inflated FROM cuff_telemetry GROUP BY cuff"
@@ -200,7 +201,7 @@ def test_influxdb_pause_and_resume(influxdb: InfluxDB1Server, influx_db: str) ->
             http_request("GET", f"{influxdb.url}/ping", timeout=0.5)
     finally:
         influxdb.resume()
-    influxdb.write(influx_db, f"m v=1 {T0_MS}")
+    influxdb.write(influx_db, f"m v=1 {T0_MS}", precision="ms")
     assert influxdb.query(influx_db, "SELECT v FROM m") == [{"time": T0_MS, "v": 1.0}]
 
 
@@ -212,7 +213,7 @@ def test_influxdb_restart_keeps_data(
     server = make_influxdb()
     url = server.url
     server.create_database("bfr")
-    server.write("bfr", f"m,cuff=c1 v=2.25 {T0_MS}")
+    server.write("bfr", f"m,cuff=c1 v=2.25 {T0_MS}", precision="ms")
     server.stop() if how == "stop" else server.kill()
     assert not server.running
     server.start()

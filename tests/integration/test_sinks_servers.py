@@ -23,7 +23,7 @@ from ingest.sinks import (
     RejectedBatchError,
     TransientSinkError,
 )
-from tests.support.lineproto_ref import body_of, readings
+from tests.support.lineproto_ref import BATCH_TS, body_of, readings
 from tests.support.servers import InfluxDB1Server, VictoriaMetricsServer
 
 
@@ -60,6 +60,21 @@ async def test_v1_sink_stores_every_value_exactly(
     assert_stored_exactly(influxdb, influx_db, rs)
 
 
+async def test_v1_sink_keeps_readings_of_one_millisecond_apart(
+    influxdb: InfluxDB1Server, influx_db: str
+) -> None:
+    """SPEC §4, one point per reading (issue #17, 5): readings of one cuff stamped alike."""
+    rs = [r._replace(ts_ms=BATCH_TS) for r in readings(20)]
+    sink = InfluxV1Sink(influxdb.url, influx_db)
+    try:
+        await sink.write(body_of(rs), len(rs))
+    finally:
+        await sink.close()
+    assert_stored_exactly(influxdb, influx_db, rs)  # 20 points, in seq order, at their ms
+    exact = influxdb.query(influx_db, "SELECT seq FROM cuff_telemetry", epoch="ns")
+    assert [row["time"] for row in exact] == [BATCH_TS * lineproto.NS_PER_MS + r.seq for r in rs]
+
+
 async def test_v1_sink_writes_to_the_named_retention_policy(
     influxdb: InfluxDB1Server, influx_db: str
 ) -> None:
@@ -79,7 +94,7 @@ async def test_v1_sink_reports_a_bad_line_as_rejected_with_the_servers_count(
     influxdb: InfluxDB1Server, influx_db: str
 ) -> None:
     good = lineproto.encode_lines(lineproto.telemetry_line(r) for r in readings(3))
-    conflict = b'cuff_telemetry,team=t1 seq="not an integer" 1763900000001\n'
+    conflict = b'cuff_telemetry,team=t1 seq="not an integer" 1763900000001000000\n'
     sink = InfluxV1Sink(influxdb.url, influx_db)
     try:
         await sink.write(good, 3)
@@ -185,6 +200,38 @@ async def test_file_sink_writes_hourly_files_that_influx_import_reads(
     await sink.close()
     await asyncio.to_thread(import_files, tmp_path, influxdb)
     assert_stored_exactly(influxdb, influx_db, rs)
+
+
+async def test_an_hour_begun_in_ms_by_an_earlier_gateway_imports_whole(
+    tmp_path: Path, influxdb: InfluxDB1Server, influx_db: str
+) -> None:
+    """After an upgrade, the hour's ms file stays as it was and the ns lines go beside it:
+    each file imports with the precision its header names, and every reading is stored."""
+    now = BATCH_TS / 1000 + 60
+    rs = readings(20)
+    first = FileSink(tmp_path, database=influx_db, clock=lambda: now)
+    old_header = (  # as the earlier gateway wrote it
+        "# cuffwatch line protocol (SPEC §4), timestamps in ms. Import with\n"
+        "#   InfluxDB 1.x: influx -import -path=FILE -precision=ms\n"
+        f"#   InfluxDB 2.x: influx write --bucket {influx_db} --precision ms --file FILE\n"
+        f"# DML\n# CONTEXT-DATABASE: {influx_db}\n"
+    ).encode()
+    old_lines = b"".join(line.rsplit(b" ", 1)[0] + b" %d\n" % r.ts_ms
+                         for line, r in zip(body_of(rs[:8]).splitlines(), rs[:8], strict=True))
+    await asyncio.to_thread(first.path_for(now).write_bytes, old_header + old_lines)
+    await first.write(body_of(rs[8:]), 12)
+    await asyncio.to_thread(import_each_as_its_header_says, tmp_path, influxdb)
+    assert_stored_exactly(influxdb, influx_db, rs)
+
+
+def import_each_as_its_header_says(directory: Path, influxdb: InfluxDB1Server) -> None:
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == ["cuffwatch-20251123-12-ns.lp", "cuffwatch-20251123-12.lp"]
+    for name in files:
+        header = (directory / name).read_text().splitlines()[0]
+        precision = "ns" if name.endswith("-ns.lp") else "ms"
+        assert header.endswith(f"timestamps in {precision}. Import with")
+        influxdb.import_file(directory / name, precision)
 
 
 def import_files(directory: Path, influxdb: InfluxDB1Server) -> None:

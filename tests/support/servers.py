@@ -601,22 +601,26 @@ class InfluxDB1Server(ServerProcess):
         """DROP DATABASE name."""
         self.query("", f"DROP DATABASE {quote_ident(name)}")
 
-    def write(self, db: str, lines: str, precision: str = "ms", rp: str = "") -> None:
-        """Write line protocol through /write; raise ServerHTTPError unless it answers 204."""
+    def write(self, db: str, lines: str, precision: str = "ns", rp: str = "") -> None:
+        """Write line protocol through /write; raise ServerHTTPError unless it answers 204.
+
+        `precision` defaults to ns, what line protocol and `ingest.lineproto` use.
+        """
         params = {"db": db, "precision": precision} | ({"rp": rp} if rp else {})
         url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
         response = http_request("POST", url, body=lines.encode())
         if response.status != 204:
             raise ServerHTTPError("POST", url, response.status, response.body)
 
-    def import_file(self, path: Path) -> None:
-        """Load a `# DML` import file (ms precision) with InfluxDB 1.x's own `influx -import`.
+    def import_file(self, path: Path, precision: str = "ns") -> None:
+        """Load a `# DML` import file with InfluxDB 1.x's own `influx -import`, as its header
+        says (the gateway's files: ns).
 
         Raise ServerError unless the tool exits 0 having failed no insert.
         """
         result = subprocess.run(
             [find_binary("influx"), "-host", self.host, "-port", str(self.port),
-             "-import", f"-path={path}", "-precision=ms"],
+             "-import", f"-path={path}", f"-precision={precision}"],
             capture_output=True, text=True, check=False, timeout=60,
         )
         output = result.stdout + result.stderr

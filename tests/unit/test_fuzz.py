@@ -44,8 +44,10 @@ T = TypeVar("T")
 
 RECEIVED_MS = 1_795_000_000_000  # the gateway's clock in the pure property tests
 INT64_MAX = 2**63 - 1
-# InfluxDB stores nanoseconds in an int64: the ms timestamps it can represent
-INFLUX_MAX_MS = INT64_MAX // 1_000_000
+# InfluxDB stores nanoseconds in an int64, and keeps its two extremes for itself (1.x
+# models.MinNanoTime / MaxNanoTime): the timestamps a line can carry
+INFLUX_MIN_NS = -(2**63) + 2
+INFLUX_MAX_NS = INT64_MAX - 1
 
 
 # -- the corpus --------------------------------------------------------------------------------
@@ -134,8 +136,11 @@ def assert_storable(raws: list[RawReading], fleet: Fleet, received_ms: int = REC
         text = lineproto.telemetry_line(reading)
         assert "\n" not in text
         assert "\r" not in text
+        # written in ns (lineproto.PRECISION): the reading's own ms, its seq below it
         stamp = int(text.rsplit(" ", 1)[1])
-        assert abs(stamp) <= INFLUX_MAX_MS
+        assert INFLUX_MIN_NS <= stamp <= INFLUX_MAX_NS
+        assert divmod(stamp, lineproto.NS_PER_MS) == (
+            reading.ts_ms, reading.seq % lineproto.SUB_MS_SLOTS)
 
 
 def verdict(decode: Callable[[bytes], T], payload: bytes) -> T | Rejected:

@@ -212,3 +212,118 @@ def test_tick_marks_a_silent_inflated_cuff_stale() -> None:
     [offline] = rig.handler.tick()  # the same rule raises cuff_offline
     assert offline.alert.kind is AlertKind.CUFF_OFFLINE
     assert phase() is CuffPhase.STALE
+
+
+# -- issue #17: what a device can create, and one point per accepted reading ------------------
+
+
+def _stamps(lines: list[str]) -> list[int]:
+    return [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("cuff_telemetry")]
+
+
+def _tag(line: str, key: str) -> str:
+    return line.split(" ", 1)[0].split(f",{key}=", 1)[1].split(",", 1)[0]
+
+
+def test_an_override_naming_a_roster_athlete_is_stored_under_that_athlete() -> None:
+    rig = _Rig()
+    actions = rig.send(TELEMETRY, [reading(1, 120.0) | {"athlete": "a2"},
+                                   reading(2, 121.0) | {"athlete": "a1", "limb": "right_leg"}])
+    assert actions.rejection is None
+    record = rig.handler.take_staged()
+    assert record is not None
+    assert [(_tag(x, "athlete"), _tag(x, "limb")) for x in record.lines] == [
+        ("a2", "left_arm"), ("a1", "right_leg")]
+    # an assignment cannot bring in an athlete the roster lacks, so neither can a reading
+    refused = rig.send("bfr/t1/cuffs/c1/assignment", {"athlete": "guest-1"})
+    assert refused.rejection is not None
+    assert refused.rejection.reason is RejectReason.UNKNOWN_ATHLETE
+    assert rig.send(TELEMETRY, reading(3, 120.0) | {"athlete": "guest-1"}).rejection is not None
+
+
+def test_an_override_naming_an_unknown_athlete_rejects_the_whole_message_untouched() -> None:
+    rig = _Rig()
+    actions = rig.send(TELEMETRY, [reading(1, 300.0), reading(2, 120.0) | {"athlete": "zz"}])
+    assert actions.rejection is not None
+    assert actions.rejection.reason is RejectReason.UNKNOWN_ATHLETE
+    assert (actions.rejection.team, actions.rejection.cuff) == ("t1", "c1")
+    assert "'zz'" in actions.rejection.detail
+    assert (actions.store, actions.alerts) == (Store.NOTHING, ())  # the 300 never reached a rule
+    assert rig.handler.take_staged() is None
+    assert (rig.counters.accepted, rig.counters.rejected) == (0, 1)
+    assert rig.fleet.cuffs["c1"].phase is CuffPhase.UNKNOWN
+    # the same seqs, without the stranger, are new data (nothing was remembered for dedup)
+    assert rig.send(TELEMETRY, [reading(1, 120.0), reading(2, 120.0)]).rejection is None
+    assert rig.counters.accepted == 2
+
+
+def test_a_flood_of_invented_athletes_grows_neither_the_cache_nor_the_tag_values() -> None:
+    """Issue #17 (2a): 100k distinct `athlete`s on one cuff gave +44 MB and 100k tag values."""
+    rig = _Rig()
+    for i in range(5_000):
+        payload = reading(i, 120.0) | {"athlete": f"x{i}", "limb": ("left_leg", "right_arm")[i % 2]}
+        assert rig.send(TELEMETRY, payload).rejection is not None
+    assert rig.counters.rejected_by_reason[RejectReason.UNKNOWN_ATHLETE] == 5_000
+    assert rig.handler.take_staged() is None
+    assert len(rig.fleet.cuffs["c1"]._params) == 0
+
+
+def test_readings_in_one_millisecond_are_distinct_points_in_seq_order() -> None:
+    """Issue #17 (5): whole-second RFC 3339 times at 5 Hz stored 5 of 20 readings."""
+    rig = _Rig()
+    second = "2030-03-17T17:46:40Z"  # T0
+    batch = [{"ts": second, "seq": 40 + i, "pressure_mmhg": 120.0 + i, "elapsed_s": 1.0 + i / 5}
+             for i in range(5)]
+    batch += [{"ts": int(T0 * 1000) + 1000, "seq": 45 + i, "pressure_mmhg": 125.0,
+               "elapsed_s": 2.0} for i in range(3)]  # an array stamped alike, in epoch ms
+    assert rig.send(TELEMETRY, batch).rejection is None
+    record = rig.handler.take_staged()
+    assert record is not None
+    stamps = _stamps(record.lines)
+    assert len(set(stamps)) == len(stamps) == 8
+    assert stamps == sorted(stamps)
+    ns = 1_000_000
+    assert [s // ns for s in stamps] == [int(T0 * 1000)] * 5 + [int(T0 * 1000) + 1000] * 3
+
+
+def test_clock_skewed_readings_are_stored_at_their_receive_time_each_a_point() -> None:
+    """Issue #17 (6a): flagged readings crawled a ms apart past the receive time."""
+    rig = _Rig()
+    ahead = int(T0 * 1000) + 3_600_000  # an hour ahead: flagged
+    batch = [{"ts": ahead + i, "seq": i, "pressure_mmhg": 120.0, "elapsed_s": 1.0}
+             for i in range(5)]
+    rig.send(TELEMETRY, batch)
+    rig.clock.t = T0 + 0.0004  # a second message in the same ms
+    rig.send(TELEMETRY, {"ts": ahead + 5, "seq": 5, "pressure_mmhg": 120.0, "elapsed_s": 1.0})
+    record = rig.handler.take_staged()
+    assert record is not None
+    stamps = _stamps(record.lines)
+    assert [s // 1_000_000 for s in stamps] == [int(T0 * 1000)] * 6  # all at the receive ms
+    assert stamps == sorted(set(stamps))
+    assert all("clock_skew_s=3600.0" in x for x in record.lines)
+
+
+@pytest.mark.parametrize(("topic", "answered_on"), [
+    ("bfr/t.1/cuffs/c1/telemetry", ("t1", "c1")),  # a roster cuff: its own team's topic
+    ("bfr/$SYS/alerts/c2/over_pressure/ack", ("t1", "c2")),
+    ("bfr/t.1/cuffs/c9/telemetry", None),  # no roster cuff: no team to answer under
+    ("bfr/t1/cuffs/c 1/telemetry", None),  # an invalid cuff: no topic can name it
+    ("bfr/t1/cuffs/c+/status", None),
+])
+def test_a_bad_topic_is_answered_on_rejected_only_under_valid_ids(
+    topic: str, answered_on: tuple[str, str] | None,
+) -> None:
+    """Issue #17 (6b): bad topics were counted but never published on `rejected`."""
+    rig = _Rig()
+    actions = rig.send(topic, reading(1, 120.0))
+    assert rig.counters.rejected_by_reason[RejectReason.BAD_TOPIC] == 1
+    assert (actions.store, actions.alerts) == (Store.NOTHING, ())
+    if answered_on is None:
+        assert actions is NOTHING_TO_DO
+        return
+    assert actions.rejection is not None
+    assert actions.rejection.reason is RejectReason.BAD_TOPIC
+    assert (actions.rejection.team, actions.rejection.cuff) == answered_on
+    echo = json.loads(actions.rejection.to_json())
+    assert echo["code"] == "bad_topic"
+    assert "invalid id" in echo["reason"]

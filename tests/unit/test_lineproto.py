@@ -25,14 +25,37 @@ from tests.support.lineproto_ref import (
     transition,
 )
 
+NS = lineproto.NS_PER_MS
+
 # -- exact output ----------------------------------------------------------------------------
 
 
 def test_telemetry_line_is_exact() -> None:
+    # in ns: the reading's ms, and its seq (42) as the sub-millisecond part
     assert lineproto.telemetry_line(reading(), target_mmhg=132.0) == (
         "cuff_telemetry,athlete=a-17,cuff=c7,limb=left_leg,team=t1 seq=42i,inflated=true,"
-        "pressure_mmhg=151.25,elapsed_s=12.5,target_mmhg=132.0,battery_pct=88.0 1763900000123"
+        "pressure_mmhg=151.25,elapsed_s=12.5,target_mmhg=132.0,battery_pct=88.0 "
+        "1763900000123000042"
     )
+    assert lineproto.PRECISION == "ns"
+
+
+def _stamp(line: str) -> int:
+    return int(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("pressure", [151.25, math.nan])  # both of telemetry_line's paths
+def test_readings_in_one_millisecond_are_distinct_points_ordered_by_seq(pressure: float) -> None:
+    """Issue #17 (5): same series and same ms was one point in InfluxDB, the last one."""
+    seqs = [7, 8, 9, 999_999, 1_000_000, 2**32 - 1]
+    stamps = [_stamp(lineproto.telemetry_line(reading(seq=s, pressure_mmhg=pressure)))
+              for s in seqs]
+    assert stamps == [TS * NS + s % 1_000_000 for s in seqs]
+    assert len(set(stamps)) == len(seqs)
+    assert stamps[:4] == sorted(stamps[:4])  # in seq order (within a million)
+    assert all(s // NS == TS for s in stamps)  # still in the reading's own ms
+    # the same reading is the same point: a redelivery rewrites it
+    assert _stamp(lineproto.telemetry_line(reading(seq=8))) == stamps[1]
 
 
 def test_telemetry_optional_fields_are_omitted_and_target_falls_back_to_the_reading() -> None:
@@ -86,7 +109,7 @@ def test_alert_line_is_exact() -> None:
         "alert,athlete=a-17,cuff=c7,kind=over_pressure,severity=critical,team=t1 "
         'state="firing",value=312.0,threshold=300.0,'
         'message="a-17 left_leg cuff at 312 mmHg (limit 300)",alert_id="01JDXYZ",'
-        'acknowledged_by="Dr \\"Jo\\"" 1763900001123'
+        'acknowledged_by="Dr \\"Jo\\"" 1763900001123000000'
     )
 
 
@@ -97,7 +120,7 @@ def test_alert_line_without_numbers_or_ack() -> None:
                        severity=Severity.WARNING, state=AlertState.RESOLVED)
         )
     )
-    assert (m, ts) == ("alert", TS + 1000)
+    assert (m, ts) == ("alert", (TS + 1000) * NS)
     assert tags["kind"] == "cuff_offline"
     assert tags["severity"] == "warning"
     assert fields == {
@@ -108,7 +131,7 @@ def test_alert_line_without_numbers_or_ack() -> None:
 
 def test_bout_line() -> None:
     m, tags, fields, ts = parse_line(lineproto.bout_line(bout(mean_pressure_mmhg=None)))
-    assert (m, ts) == ("occlusion_bout", TS)
+    assert (m, ts) == ("occlusion_bout", TS * NS)
     assert tags == {"athlete": "a-17", "cuff": "c7", "limb": "left_leg", "team": "t1"}
     assert fields == {
         "alerts": 2, "duration_s": 300.5, "min_pressure_mmhg": 120.0,
@@ -119,7 +142,8 @@ def test_bout_line() -> None:
 def test_stats_line_types_fields_by_python_type() -> None:
     text = lineproto.stats_line("gw 1", TS, received=10, lag_ms=12.5, healthy=True, note="a\nb")
     assert text == (
-        f'gateway_stats,instance=gw\\ 1 received=10i,lag_ms=12.5,healthy=true,note="a b" {TS}'
+        f'gateway_stats,instance=gw\\ 1 received=10i,lag_ms=12.5,healthy=true,note="a b" '
+        f"{TS * NS}"
     )
 
 
@@ -171,7 +195,7 @@ def test_telemetry_round_trips_through_the_reference_parser(
     assert fields["pressure_mmhg"] == pressure
     assert fields["elapsed_s"] == elapsed
     assert fields["seq"] == seq
-    assert ts == TS
+    assert ts == TS * NS + seq % 1_000_000
 
 
 @given(message=NAMES, by=NAMES, athlete=NAMES, value=FINITE)
@@ -201,3 +225,22 @@ def test_normalization_changes_only_what_influxdb_cannot_store(text: str) -> Non
     assert lineproto.normalize_string_field(text).replace(" ", "") == (
         text.replace("\n", "").replace("\r", "").replace(" ", "")
     )
+
+
+# -- an earlier gateway's lines, in ms (its spool records outlive an upgrade) --------------------
+# (the spool's side: tests/unit/test_spool.py; the sinks': tests/unit/test_sinks.py)
+
+
+def test_lines_timed_in_ms_by_an_earlier_gateway_are_timed_in_ns() -> None:
+    new = [lineproto.telemetry_line(reading(seq=s)) for s in (1, 2)]
+    old = [text.rsplit(" ", 1)[0] + f" {TS + i}" for i, text in enumerate(new)]  # ms stamps
+    old.append(lineproto.alert_line(transition()).rsplit(" ", 1)[0] + f" {TS + 1000}")
+    body = lineproto.ms_lines_to_ns(lineproto.encode_lines(old))
+    assert body.endswith(b"\n")
+    fixed = body.decode().splitlines()
+    assert [_stamp(text) for text in fixed] == [TS * NS, (TS + 1) * NS, (TS + 1000) * NS]
+    # nothing but the stamps changed: a string field ending in digits is no timestamp
+    assert [text.rsplit(" ", 1)[0] for text in fixed] == [text.rsplit(" ", 1)[0] for text in old]
+    untimed = b'm,t=a\\ 1 msg="limit 300",x=1i\nm v=2 1\n'
+    assert lineproto.ms_lines_to_ns(untimed) == b'm,t=a\\ 1 msg="limit 300",x=1i\nm v=2 1000000\n'
+    assert lineproto.ms_lines_to_ns(b"") == b""

@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import pkgutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,11 @@ import ingest.errors
 import ingest.query
 import ingest.spool
 from core.config import InfluxSettings
+from ingest import lineproto
 from ingest.errors import IngestError
 from ingest.sinks import (
     DEFAULT_TIMEOUT_S,
+    LEGACY_MS_HEADER,
     FileSink,
     InfluxV1Sink,
     InfluxV2Sink,
@@ -28,7 +31,7 @@ from ingest.sinks import (
     error_for_status,
     make_sink,
 )
-from tests.support.lineproto_ref import body_of, readings
+from tests.support.lineproto_ref import TS, body_of, reading, readings
 from tests.support.servers import free_port
 
 # -- unreachable or unwritable -----------------------------------------------------------------
@@ -58,6 +61,54 @@ async def test_file_sink_disk_error_is_transient(tmp_path: Path) -> None:
     sink = FileSink(blocker / "data")
     with pytest.raises(TransientSinkError):
         await sink.write(b"m f=1i 1\n", 1)
+
+
+# -- the precision: every writer declares the one the lines are in ---------------------------------
+
+
+async def test_every_writer_declares_the_precision_lines_are_written_in(tmp_path: Path) -> None:
+    assert lineproto.PRECISION == "ns"
+    assert InfluxV1Sink("http://127.0.0.1:1", "bfr")._params["precision"] == lineproto.PRECISION
+    v2 = InfluxV2Sink("http://127.0.0.1:1", "o", "b", None)
+    seen: dict[str, Any] = {}
+
+    class WriteApi:
+        async def write(self, **kwargs: Any) -> bool:
+            seen.update(kwargs)
+            return True
+
+    v2._write_api = WriteApi()
+    try:
+        await v2.write(b"m v=1i 1\n", 1)
+    finally:
+        v2._write_api = None
+        await v2.close()
+    assert seen["write_precision"] == lineproto.PRECISION
+    sink = FileSink(tmp_path)
+    assert f"-precision={lineproto.PRECISION}" in sink.header().decode()
+    assert f"--precision {lineproto.PRECISION}" in sink.header().decode()
+
+
+async def test_the_file_sink_never_mixes_ns_lines_into_an_earlier_gateways_ms_file(
+    tmp_path: Path,
+) -> None:
+    now = TS / 1000
+    sink = FileSink(tmp_path, clock=lambda: now)
+    first = sink.path_for(now)
+    old = LEGACY_MS_HEADER + b" Import with\n# DML\nm v=1 1763900000000\n"
+    first.write_bytes(old)
+    await sink.write(lineproto.encode_lines([lineproto.telemetry_line(reading())]), 1)
+    assert first.read_bytes() == old  # left as it was: `influx write --precision ms` imports it
+    beside = first.with_name(first.stem + "-ns.lp")
+    text = beside.read_text()
+    assert text.startswith(sink.header().decode())
+    assert text.endswith(f" {TS * lineproto.NS_PER_MS + 42}\n")
+    await sink.write(lineproto.encode_lines([lineproto.telemetry_line(reading(seq=43))]), 1)
+    assert beside.read_text().count("\ncuff_telemetry") == 2
+    later = now + 3600  # the next hour's file is new: its own name, in ns
+    sink = FileSink(tmp_path, clock=lambda: later)
+    await sink.write(lineproto.encode_lines([lineproto.telemetry_line(reading())]), 1)
+    assert sink.path_for(later).read_text().startswith(sink.header().decode())
 
 
 # -- pure parts ------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from ingest.spool import GroupCommitter, Spool, SpoolError, SpoolFull
 from ingest.spool_files import MARK_FILE, segment_name
 from ingest.spool_record import (
     HEADER_BYTES,
+    MAGIC,
     RecordHeader,
     frame_header,
     read_header,
@@ -174,7 +177,7 @@ def _last_segment(directory: Path) -> Path:
         ("torn payload", lambda f, size: f.truncate(size - 7)),
         ("bad crc", lambda f, size: (f.seek(size - 1), f.write(b"!"))),
         ("garbage", lambda f, size: (f.seek(size), f.write(b"\x00garbage after the tail"))),
-        ("impossible length", lambda f, size: (f.seek(size), f.write(b"CWS1" + bytes([255] * 16)))),
+        ("impossible length", lambda f, size: (f.seek(size), f.write(MAGIC + bytes([255] * 16)))),
     ],
 )
 def test_a_damaged_tail_is_cut_counted_and_appends_continue(
@@ -244,6 +247,41 @@ def test_the_record_parser_names_what_is_wrong(
         read_payload(f, read_header(f, 0, len(bad)), keep=keep)
     assert caught.value.reason == reason
     assert isinstance(caught.value, SpoolError)
+
+
+def legacy_record(payload: bytes, ordinal: int) -> bytes:
+    """A record as gateways before ns precision framed it (written here by hand, as they
+    did: the same layout under the magic `CWS1`), its lines timed in ms."""
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", len(payload), ordinal)))
+    return struct.pack("<4sIIQ", b"CWS1", len(payload), crc, ordinal) + payload
+
+
+def test_an_earlier_gateways_ms_records_come_back_in_ns_and_new_ones_follow(
+    tmp_path: Path,
+) -> None:
+    """A spool left by the previous version (ms lines) is replayed after an upgrade: its
+    records are told apart by their magic, and read back timed in ns like the new ones."""
+    old = [b"cuff_telemetry,cuff=c1 seq=1i,p=1.5 1763900000123\n",
+           b'alert,cuff=c1 state="firing",message="limit 300" 1763900000500\nm v=1i 1763900000501']
+    (tmp_path / segment_name(0)).write_bytes(
+        b"".join(legacy_record(p, i) for i, p in enumerate(old, 1)))
+    new = b"cuff_telemetry,cuff=c1 seq=2i,p=1.5 1763900000124000002\n"
+    upgraded = [b"cuff_telemetry,cuff=c1 seq=1i,p=1.5 1763900000123000000\n",
+                b'alert,cuff=c1 state="firing",message="limit 300" 1763900000500000000\n'
+                b"m v=1i 1763900000501000000",
+                new]
+    with Spool(tmp_path) as spool:
+        assert (spool.corrupt_records, spool.records_pending) == (0, 2)
+        position = spool.append(new)  # into the old segment, after the old records
+        records = spool.read(0, 1 << 20)
+        assert [p for _, p in records] == upgraded
+        assert records[-1][0] == position
+        spool.mark_written(records[0][0])  # the mark reads an old record's header too
+        assert spool.records_pending == 2
+    assert len(segment_files(tmp_path)) == 1
+    with Spool(tmp_path) as spool:  # recovery accepts both versions
+        assert (spool.corrupt_records, spool.records_pending) == (0, 2)
+        assert [p for _, p in spool.read(spool.written_position, 1 << 20)] == upgraded[1:]
 
 
 def test_a_corrupt_middle_segment_loses_only_its_tail(tmp_path: Path) -> None:

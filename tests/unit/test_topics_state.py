@@ -10,7 +10,8 @@ from core.config import Assignment, load_settings
 from core.model import Limb
 from core.topics import BadTopic, TopicKind, Topics
 from gateway.decode import ReadingIn, Rejected, RejectReason
-from gateway.state import DEDUP_SLOTS, Fleet
+from gateway.state import DEDUP_SLOTS, PARAMS_CACHE_SIZE, Fleet
+from ingest import lineproto
 
 
 def test_parse_topics() -> None:
@@ -35,6 +36,23 @@ def test_parse_topics() -> None:
     assert nested.parse("clubs/north/t1/cuffs/c1/status") is not None
 
 
+@pytest.mark.parametrize(("topic", "team", "cuff"), [
+    ("bfr/t.1/cuffs/c7/telemetry", None, "c7"),
+    ("bfr/t1/cuffs/c 7/telemetry", "t1", None),
+    ("bfr/t+/cuffs/#/status", None, None),
+    ("bfr//alerts/c7/over_pressure/ack", None, "c7"),
+    ("bfr/t1/alerts/" + "c" * 65 + "/over_time", "t1", None),
+])
+def test_a_bad_topic_says_which_of_its_ids_are_valid(
+    topic: str, team: str | None, cuff: str | None
+) -> None:
+    """Only a valid id may go into a topic built in answer (issue #17, 6b)."""
+    with pytest.raises(BadTopic) as info:
+        Topics("bfr").parse(topic)
+    assert (info.value.team, info.value.cuff) == (team, cuff)
+    assert "invalid id" in str(info.value)
+
+
 def test_subscriptions_partition_by_team() -> None:
     t = Topics("bfr")
     assert "bfr/+/cuffs/+/telemetry" in t.subscriptions()
@@ -47,7 +65,7 @@ def test_subscriptions_partition_by_team() -> None:
 @pytest.fixture
 def fleet() -> Fleet:
     s = load_settings(teams={
-        "t1": {"cuffs": {"c1": {"athlete": "a1", "limb": "left_leg"}}},
+        "t1": {"athletes": {"a5": {}}, "cuffs": {"c1": {"athlete": "a1", "limb": "left_leg"}}},
         "t2": {"cuffs": {"c2": {"limb": "right_arm"}}},
     })
     return Fleet(s)
@@ -113,6 +131,33 @@ def test_assignment_changes_identity_and_params(fleet: Fleet) -> None:
     assert (r.athlete, r.limb) == ("a5", Limb.LEFT_ARM)
 
 
+def test_an_athlete_override_must_name_a_known_athlete(fleet: Fleet) -> None:
+    """Issue #17 (2a): every distinct `athlete` a device sent became a tag value and a cache
+    entry, until InfluxDB refused new tag values, real athletes' included."""
+    c = fleet.lookup("t1", "c1")
+    c.check_athlete("a1")  # the cuff's roster owner
+    c.check_athlete("a5")  # an athlete of the team's roster
+    with pytest.raises(Rejected) as info:
+        c.check_athlete("a9")
+    assert info.value.reason is RejectReason.UNKNOWN_ATHLETE
+    assert "'a9'" in info.value.detail
+    c.set_assignment(Assignment(athlete="a5"))  # (the handler refuses others: test_handler)
+    with pytest.raises(Rejected):
+        c.check_athlete("a9")
+    with pytest.raises(Rejected):  # another team's athlete is no athlete of this team
+        fleet.lookup("t2", "c2").check_athlete("a1")
+
+
+def test_the_params_cache_is_bounded(fleet: Fleet) -> None:
+    c = fleet.lookup("t1", "c1")
+    for i in range(3 * PARAMS_CACHE_SIZE):
+        for limb in Limb:
+            c.params(fleet.settings, f"x{i}", limb)
+            assert len(c._params) <= PARAMS_CACHE_SIZE
+    assert c.params(fleet.settings, "a1", Limb.LEFT_LEG) == fleet.settings.rule_params(
+        "t1", "a1", Limb.LEFT_LEG)
+
+
 def test_clock_skew_uses_receive_time(fleet: Fleet) -> None:
     c = fleet.lookup("t1", "c1")
     now = 1_800_000_000_000
@@ -124,12 +169,15 @@ def test_clock_skew_uses_receive_time(fleet: Fleet) -> None:
     assert (r.ts_ms, r.clock_skew_s) == (now - 3_000_000, None)  # within max_backlog_s
     ancient = ReadingIn(ts=now - 3_700_000, seq=3, pressure_mmhg=1.0, elapsed_s=0.0)
     r = fleet.to_reading(c, ancient, received_ms=now)
-    assert (r.ts_ms, r.clock_skew_s) == (now + 1, -3700.0)  # unique among flagged readings
-    # an array of skewed readings arriving together still gets distinct timestamps
-    times = [fleet.to_reading(c, ReadingIn(ts=now + 10**7, seq=4 + i, pressure_mmhg=1.0,
-                                           elapsed_s=0.0), received_ms=now).ts_ms
-             for i in range(5)]
-    assert times == [now + 2 + i for i in range(5)]
+    assert (r.ts_ms, r.clock_skew_s) == (now, -3700.0)  # the receive time itself (SPEC §2)
+    # an array of skewed readings arriving together: all at the receive time (issue #17,
+    # 6a: it used to crawl a ms per reading), distinct points by their seq
+    readings = [fleet.to_reading(c, ReadingIn(ts=now + 10**7, seq=4 + i, pressure_mmhg=1.0,
+                                              elapsed_s=0.0), received_ms=now)
+                for i in range(5)]
+    assert [r.ts_ms for r in readings] == [now] * 5
+    stamps = [int(lineproto.telemetry_line(r).rsplit(" ", 1)[1]) for r in readings]
+    assert stamps == [now * lineproto.NS_PER_MS + 4 + i for i in range(5)]
 
 
 def test_dedup_wraps_at_2_32_and_accepts_out_of_order_new_readings(fleet: Fleet) -> None:
