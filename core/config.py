@@ -1,8 +1,11 @@
 """Configuration (SPEC §7): one TOML file, every key overridable from the environment.
 
 `load_settings(path)` reads the file, applies `CUFFWATCH_…` variables (`__` between
-levels), resolves `*_file` secrets, and validates everything at once. Problems come
-back as `ConfigError` with one clear line each.
+levels), and validates everything at once: types (strictly for the file's values, which
+TOML types; the environment's are strings), ranges, and what is dangerous together (a
+target above its hard ceiling, a cuff naming an athlete its team does not list). Problems
+come back as `ConfigError` with one clear line each. `*_file` secrets are read where they
+are used; `core.config_checks.file_problems` checks the ones a command needs first.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core import roster_checks, toml_types
 from core.errors import CoreError
 from core.model import Limb, Protocol, Severity
 from core.params import RuleParams
@@ -189,18 +194,27 @@ class AlertSettings(_Section):
 
     @model_validator(mode="after")
     def _check_order(self) -> Self:
+        problems: list[str] = []
         for name in ("arm", "leg"):
             limits: LimbLimits = getattr(self, name)
             if limits.max_bout_s <= self.warn_bout_s:
-                raise ValueError(
+                problems.append(
                     f"{name}.max_bout_s ({limits.max_bout_s:g}) must exceed warn_bout_s "
                     f"({self.warn_bout_s:g})"
                 )
+            # the 5 s mean warning must come before the hard ceiling's critical, not after it
+            if limits.default_max_mmhg >= limits.hard_max_mmhg:
+                problems.append(
+                    f"{name}.default_max_mmhg ({limits.default_max_mmhg:g}) must be below "
+                    f"{name}.hard_max_mmhg ({limits.hard_max_mmhg:g})"
+                )
         if self.ipc.max_bout_s <= self.ipc.warn_bout_s:
-            raise ValueError(
+            problems.append(
                 f"ipc.max_bout_s ({self.ipc.max_bout_s:g}) must exceed ipc.warn_bout_s "
                 f"({self.ipc.warn_bout_s:g})"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -235,17 +249,30 @@ class Prescription(_Section):
     """Per athlete and limb: LOP and target, optionally own bout limits and protocol."""
 
     lop_mmhg: float | None = Field(default=None, gt=0, le=400)
-    target_pct_lop: float | None = Field(default=None, gt=0, le=150)
+    target_pct_lop: float | None = Field(default=None, gt=0)
     target_mmhg: float | None = Field(default=None, gt=0, le=400)
     max_bout_s: PositiveSeconds | None = None
     warn_bout_s: PositiveSeconds | None = None
     tolerance_mmhg: float | None = Field(default=None, ge=0)
     protocol: Protocol = Protocol.BFR
 
+    @field_validator("target_pct_lop")
+    @classmethod
+    def _at_most_full_occlusion(cls, value: float | None) -> float | None:
+        if value is not None and value > 100:
+            raise ValueError(
+                f"{value:g} % of LOP is beyond full occlusion: at most 100 (for an absolute "
+                "pressure, target_mmhg)"
+            )
+        return value
+
     @model_validator(mode="after")
-    def _pct_needs_lop(self) -> Self:
+    def _one_target(self) -> Self:
         if self.target_pct_lop is not None and self.lop_mmhg is None:
             raise ValueError("target_pct_lop needs lop_mmhg")
+        if self.target_pct_lop is not None and self.target_mmhg is not None:
+            # one would silently win over the other (target_mmhg did)
+            raise ValueError("give target_pct_lop or target_mmhg, not both")
         return self
 
 
@@ -357,12 +384,24 @@ class Settings(BaseSettings):
             for athlete_id in team.athletes:
                 if not _ID_RE.match(athlete_id):
                     problems.append(f"teams.{team_id}.athletes.{athlete_id}: bad athlete id")
+            problems += roster_checks.unknown_athletes(
+                team_id, team.athletes, {c: cuff.athlete for c, cuff in team.cuffs.items()}
+            )
             try:
                 self.team_alerts(team_id)
             except ValidationError as exc:
                 for err in exc.errors(include_url=False):
                     loc = ".".join(["teams", team_id, "alerts", *(str(p) for p in err["loc"])])
-                    problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+                    msg = err["msg"].removeprefix("Value error, ")
+                    problems.extend(f"{loc}: {part}" for part in msg.split("; "))
+                continue  # the prescriptions are judged against limits that do not hold
+            prescribed = [
+                roster_checks.Prescribed(a, rx.target_mmhg, rx.target_pct_lop, rx.lop_mmhg,
+                                         self.rule_params(team_id, a, limb))
+                for a, athlete in team.athletes.items()
+                for limb, rx in athlete.prescriptions.items()
+            ]
+            problems += roster_checks.dangerous_targets(team_id, prescribed, team.alerts)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -463,8 +502,23 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+# The file's sections, validated strictly on their own to find values of the wrong TOML type.
+_SECTIONS: dict[str, TypeAdapter[Any]] = {
+    "broker": TypeAdapter(BrokerSettings),
+    "influx": TypeAdapter(InfluxSettings),
+    "spool": TypeAdapter(SpoolSettings),
+    "health": TypeAdapter(HealthSettings),
+    "alerts": TypeAdapter(AlertSettings),
+    "teams": TypeAdapter(dict[str, Team]),
+}
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read `path` (TOML) plus the environment; raise `ConfigError` listing every problem."""
+    """Read `path` (TOML) plus the environment; raise `ConfigError` listing every problem.
+
+    TOML values must have the type of their key (`lop_mmhg = "160"` is refused); the
+    environment's values are strings and are converted.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -474,8 +528,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError([f"{path}: no such file"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    wrongly_typed = toml_types.wrongly_typed(data, _SECTIONS, team_alerts="alerts")
     data = _deep_merge(data, overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        problems = [
+            line for line in _format_errors(exc) if line.split(": ", 1)[0] not in wrongly_typed
+        ]
+        raise ConfigError(problems + [f"{k}: {v}" for k, v in wrongly_typed.items()]) from None
+    if wrongly_typed:
+        raise ConfigError([f"{k}: {v}" for k, v in wrongly_typed.items()])
+    return settings

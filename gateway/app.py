@@ -26,12 +26,13 @@ from alerts.notify import Notifier
 from core.config import Settings
 from core.topics import Topics
 from gateway.delivery import AlertDelivery
+from gateway.errors import BrokerRefusedError
 from gateway.gmqtt_compat import ReplyTo
 from gateway.handler import Actions, MessageHandler, Store
 from gateway.health import HealthServer
 from gateway.hold import HoldState, StorageHold, encode
 from gateway.metrics import Counters, GatewayCollector, RejectLog
-from gateway.mqtt import STAGED, FastResult, Staged
+from gateway.mqtt import STAGED, FastResult, MqttError, Staged
 from gateway.mqtt_build import link_from_settings
 from gateway.state import CuffState, Fleet
 from ingest import lineproto
@@ -131,20 +132,29 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until `stop()`; then drain in-flight messages and flush, bounded in time."""
+        """Run until `stop()`; then drain in-flight messages and flush, bounded in time.
+
+        Raises `BrokerRefusedError` if the broker refuses the first connection (credentials,
+        not authorised): retrying cannot help, and the operator must be told in one line. A
+        broker that cannot be reached is retried until it can.
+        """
         if self._health_enabled:
             await self.health.start()
+        refusal: MqttError | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.pipeline.run(), name="cuffwatch.ingest")
                 tg.create_task(self.inbound.ack_loop(), name="cuffwatch.ack_loop")
                 for n in self.notifiers:
                     tg.create_task(n.run(), name=f"cuffwatch.notify[{type(n).__name__}]")
-                connecting = tg.create_task(self.mqtt.connect(), name="cuffwatch.connect")
+                connecting = tg.create_task(self._first_connect(), name="cuffwatch.connect")
                 stopping = tg.create_task(self._stopping.wait(), name="cuffwatch.stop_wait")
                 await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not connecting.done():  # stop() while the broker refuses or is away
+                if not connecting.done() or connecting.result() is not None:
+                    # stop() while the broker is away, or the broker refused us
+                    refusal = connecting.result() if connecting.done() else None
                     connecting.cancel()
+                    stopping.cancel()
                     await self.mqtt.disconnect()
                     await self.pipeline.aclose(DRAIN_TIMEOUT_S)
                     raise _Stopped  # noqa: TRY301
@@ -163,10 +173,23 @@ class Gateway:
         finally:
             await asyncio.shield(self.health.stop())
             self.spool.close()  # releases the spool's lock for the next process
+        if refusal is not None:
+            raise BrokerRefusedError(
+                f"{refusal}; check broker.username and the password "
+                "(CUFFWATCH_BROKER__PASSWORD or broker.password_file) and the broker's ACL"
+            ) from None
 
     def stop(self) -> None:
         """Ask `run()` to drain and return (SIGTERM / Ctrl-C)."""
         self._stopping.set()
+
+    async def _first_connect(self) -> MqttError | None:
+        """Connect (retrying while the broker is unreachable); the refusal, if it refuses."""
+        try:
+            await self.mqtt.connect()
+        except MqttError as exc:
+            return exc
+        return None
 
     async def _shutdown(self) -> None:
         log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alerts.errors import AlertsError
 from core.config import ConfigError, Settings, load_settings
+from core.config_checks import file_problems, route_warnings
 from core.errors import CoreError
 from core.logsafe import OneLineFormatter
 from dashboards.errors import DashboardsError
@@ -39,22 +40,31 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         handlers=[handler],
     )
     if not verbose:
-        for noisy in ("gmqtt", "amqtt", "transitions", "aiohttp.access"):
+        for noisy in ("amqtt", "transitions", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL if quiet else logging.WARNING)
-        # gmqtt warns of a lost connection with a traceback; ours say it in one line
-        logging.getLogger("gmqtt").setLevel(logging.CRITICAL if quiet else logging.ERROR)
+        # gmqtt logs every refused CONNACK and closed socket at ERROR/WARNING, and our link
+        # says the same once, in plain words (a refusal at start-up ends `run` in one line)
+        logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
     # apprise and urllib3 log whole URLs at DEBUG and INFO; a route's tokens live in its path
     for leaky in ("apprise", "urllib3"):
         logging.getLogger(leaky).setLevel(logging.CRITICAL if quiet else logging.WARNING)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *files: str) -> Settings:
+    """The configuration, or exit 2 with one `config: …` line per problem.
+
+    `files`: the parts whose `*_file` secrets and TLS files the command will read ("broker",
+    "influx", "routes"); each unusable one is a problem now, not a traceback later.
+    """
     try:
-        return load_settings(args.config)
+        settings = load_settings(args.config)
+        if problems := file_problems(settings, *files):
+            raise ConfigError(problems)  # noqa: TRY301
     except ConfigError as exc:
         for line in exc.problems:
             print(f"config: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    return settings
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -64,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alerts.push import PushDispatcher
     from gateway.app import Gateway
 
-    settings = _settings(args)
+    settings = _settings(args, "broker", "influx", "routes")
 
     from alerts.push import PushConfigError
 
@@ -74,6 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"config: {line}", file=sys.stderr)
         return 2
+    # what the routes leave undone (criticals escalating to nobody), for this gateway's teams
+    for line in route_warnings(settings, settings.broker.teams or None):
+        log.warning("%s", line)
 
     async def main() -> None:
         gw = Gateway(settings, notifiers=[push])
@@ -218,7 +231,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from core.config import Assignment
     from core.topics import Topics
 
-    settings = _settings(args)
+    settings = _settings(args, "broker")
     topic = Topics(settings.topic_root).assignment(args.team, args.cuff)
     if not args.clear and not args.athlete:
         print("assign: --athlete is required (or --clear)", file=sys.stderr)
@@ -264,7 +277,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     from alerts.model import AlertKind
     from core.topics import Topics
 
-    settings = _settings(args)
+    settings = _settings(args, "broker")
     kinds = [k.value for k in AlertKind]
     if args.kind not in kinds:
         print(f"ack: no alert kind {args.kind!r} (kinds: {', '.join(kinds)})", file=sys.stderr)
@@ -297,11 +310,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
+        if problems := file_problems(settings, "broker", "influx", "routes"):
+            raise ConfigError(problems)  # noqa: TRY301
     except ConfigError as exc:
         for line in exc.problems:
             print(f"FAIL config: {line}")
         return 1
-    problems = asyncio.run(run_checks(settings, timeout_s=args.timeout))
+    problems = asyncio.run(
+        run_checks(settings, timeout_s=args.timeout, send_test=args.send_test)
+    )
     return 1 if problems else 0
 
 
@@ -319,7 +336,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from sim import simulate
     from sim.feed import SimStats
 
-    settings = _settings(args)
+    settings = _settings(args, "broker")
     passwords = load_credentials(args.credentials) if args.credentials else None
     if args.credentials and not passwords:
         print(f"simulate: {args.credentials}: no [passwords] (run cuffwatch broker-auth)",
@@ -373,7 +390,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from ingest.query import query_command
 
-    settings = _settings(args)
+    settings = _settings(args, "influx")
     return query_command(
         settings,
         args.kind,
@@ -486,6 +503,12 @@ def _query_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="per connection, seconds")
+    p.add_argument(
+        "--send-test",
+        action="store_true",
+        help="send each push route a test push, labelled as a test (without it, check "
+        "sends nothing: it connects to the services it can reach without sending)",
+    )
 
 
 def _broker_auth_arguments(p: argparse.ArgumentParser) -> None:
@@ -550,6 +573,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ERROR_ROOTS as exc:
         print(f"cuffwatch {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # a TaskGroup's failure: ours are still one line each; anything else keeps its traceback
+        ours, rest = group.split(ERROR_ROOTS)
+        if ours is None or rest is not None:
+            raise
+        for leaf in _leaves(ours):
+            print(f"cuffwatch {args.command}: {leaf}", file=sys.stderr)
+        return 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a (nested) exception group."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

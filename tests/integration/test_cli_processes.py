@@ -21,6 +21,7 @@ from ingest.lineproto import line as line_protocol
 from ops.cli import UNCONFIRMED
 from tests.support.gateway_process import GatewayProcess, run_cuffwatch, write_config
 from tests.support.harness import MqttProbe, gateway_settings, influx_v1, wait_for
+from tests.support.receivers import HttpReceiver, smtp_server
 from tests.support.roster import prescribed, roster
 from tests.support.servers import InfluxDB1Server, MosquittoServer, free_port
 
@@ -139,13 +140,19 @@ def test_check_reports_an_unreadable_config_on_one_line(
 
 
 def checked(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """`check`'s lines as {what: "ok"|"FAIL"}, every line being one of the two."""
+    """`check`'s lines as {what: "ok"|"FAIL"|"warn"|"skip"}, every line being one of them."""
     out: dict[str, str] = {}
     for line in result.stdout.splitlines():
-        match = re.fullmatch(r"(ok  |FAIL) ([\w /-]+): \S.*", line)
+        match = re.fullmatch(r"(ok  |FAIL|warn|skip) ([\w /-]+): \S.*", line)
         assert match, f"not a check line: {line!r}"
         out[match[2]] = match[1].strip()
     return out
+
+
+def check_lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """`check`'s lines as {what: the whole line}."""
+    checked(result)
+    return {line[5:].split(": ", 1)[0]: line for line in result.stdout.splitlines()}
 
 
 def test_check_passes_against_real_servers(
@@ -159,7 +166,9 @@ def test_check_passes_against_real_servers(
     config = write_config(tmp_path / "cuffwatch.toml", settings)
     result = cli("check", "-c", str(config), "--timeout", "5")
     assert result.stderr == ""
-    assert checked(result) == {"config": "ok", "spool": "ok", "broker": "ok", "influx": "ok"}
+    assert checked(result) == {"config": "ok", "team t1": "warn", "spool": "ok", "broker": "ok",
+                               "influx": "ok"}
+    assert "team t1: no push route" in result.stdout  # a warning: the exit status stays 0
     assert result.returncode == 0
 
 
@@ -174,9 +183,157 @@ def test_check_fails_exactly_the_broken_connections(
     config = write_config(tmp_path / "cuffwatch.toml", settings)
     result = cli("check", "-c", str(config), "--timeout", "2")
     assert_no_traceback(result)
-    assert checked(result) == {"config": "ok", "spool": "ok", "broker": "FAIL", "influx": "FAIL"}
+    assert checked(result) == {"config": "ok", "team t1": "warn", "spool": "ok",
+                               "broker": "FAIL", "influx": "FAIL"}
     assert "database not found" in result.stdout
     assert result.returncode == 1
+
+
+# -- check: push routes (issue 15) ------------------------------------------------------------
+
+SMTP_LOGIN, SMTP_PASSWORD = "cuffwatch", "smtpSecret77"
+NTFY_TOKEN = "tk_ntfySecret4242"
+HOOK_PASSWORD = "hookSecret99"
+PUSHOVER = "pover://uQiRzpo4DXghDmr9QzzfQu27cmVRsG@azGDORePK8gMaC0QOYAMyEEuzJnyUi"
+
+
+def routes_config(tmp_path: Path, broker_url: str, routes: list[dict[str, Any]],
+                  **team: Any) -> Path:
+    """A config whose team t1 has `routes`; spool in tmp_path, the line-protocol store."""
+    settings = gateway_settings(
+        broker_url=broker_url, topic_root="bfr", spool_dir=tmp_path / "spool",
+        teams={"t1": {**TEAMS["t1"], **team}},
+    )
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["teams"]["t1"]["routes"] = routes
+    return write_config(tmp_path / "cuffwatch.toml", data)
+
+
+async def test_check_tries_each_route_without_sending_and_masks_secrets(
+    mosquitto: MosquittoServer, receiver: HttpReceiver, tmp_path: Path,
+) -> None:
+    dead = free_port()
+    async with smtp_server(SMTP_LOGIN, SMTP_PASSWORD) as mailbox:
+        config = routes_config(tmp_path, mosquitto.url, [
+            {"url": receiver.url("/hook", auth=f"staff:{HOOK_PASSWORD}@")},
+            {"url": f"json://127.0.0.1:{dead}/hook", "escalation": True},
+            {"url": f"ntfy://{NTFY_TOKEN}@127.0.0.1:{receiver.port}/t1-staff?auth=token"},
+            {"url": mailbox.url()},
+            {"url": mailbox.url().replace(SMTP_PASSWORD, "wrongPassword1")},
+            {"url": PUSHOVER},
+        ])
+        result = await acli("check", "-c", str(config), "--timeout", "5")
+    assert_no_traceback(result)
+    assert checked(result) == {
+        "config": "ok", "spool": "ok", "broker": "ok", "line-protocol store": "ok",
+        "route t1/0-json": "ok", "route t1/1-json": "FAIL", "route t1/2-ntfy": "ok",
+        "route t1/3-mailto": "ok", "route t1/4-mailto": "FAIL", "route t1/5-pover": "skip",
+    }
+    lines = check_lines(result)
+    assert "answered HEAD with 405 (nothing sent)" in lines["route t1/0-json"]
+    assert f"http://127.0.0.1:{dead}: cannot connect (connection refused)" \
+        in lines["route t1/1-json"]
+    assert "answered GET with 405" in lines["route t1/2-ntfy"]
+    assert "answered EHLO and accepted the login (nothing sent)" in lines["route t1/3-mailto"]
+    assert "refused the route's login (535)" in lines["route t1/4-mailto"]
+    assert "Pushover: not tried: " in lines["route t1/5-pover"]
+    assert "--send-test" in lines["route t1/5-pover"]
+    assert result.returncode == 1
+    # nothing was pushed: no post, no mail; the probes carried the routes' credentials
+    assert receiver.received == []
+    assert mailbox.envelopes == []
+    assert mailbox.logins == [SMTP_LOGIN]
+    probes = {(method, path): headers for method, path, headers in receiver.probes}
+    assert probes[("HEAD", "/hook")]["Authorization"].startswith("Basic ")
+    assert probes[("GET", "/t1-staff/auth")]["Authorization"] == f"Bearer {NTFY_TOKEN}"
+    for secret in (HOOK_PASSWORD, NTFY_TOKEN, SMTP_PASSWORD, "wrongPassword1",
+                   "uQiRzpo4DXghDmr9QzzfQu27cmVRsG", "azGDORePK8gMaC0QOYAMyEEuzJnyUi"):
+        assert secret not in result.stdout + result.stderr
+    # the routes escalate: one escalation route, so no team warning
+    assert "warn" not in checked(result).values()
+
+
+async def test_check_send_test_pushes_a_labelled_test(
+    mosquitto: MosquittoServer, receiver: HttpReceiver, tmp_path: Path,
+) -> None:
+    config = routes_config(tmp_path, mosquitto.url, [{"url": receiver.url("/hook")}],
+                           name="First team")
+    result = await acli("check", "-c", str(config), "--send-test")
+    assert_no_traceback(result)
+    assert checked(result) == {"config": "ok", "team t1": "warn", "spool": "ok", "broker": "ok",
+                               "line-protocol store": "ok", "route t1/0-json": "ok"}
+    assert "test push delivered" in check_lines(result)["route t1/0-json"]
+    assert "team t1: no escalation route: " in result.stdout
+    [push] = receiver.at("/hook")
+    assert push.body["title"] == "cuffwatch check: test push"
+    assert "First team" in push.body["message"]
+    assert "No alert is open" in push.body["message"]
+    assert result.returncode == 0
+
+
+def test_check_prints_urls_without_their_passwords(tmp_path: Path) -> None:
+    port = free_port()
+    settings = gateway_settings(
+        broker_url=f"mqtt://gw:brokerSecret1@127.0.0.1:{port}", topic_root="bfr",
+        spool_dir=tmp_path / "spool", teams=TEAMS,
+        influx={"api": "v1", "url": f"http://u:influxSecret1@127.0.0.1:{port}"},
+    )
+    config = write_config(tmp_path / "cuffwatch.toml", settings)
+    result = cli("check", "-c", str(config), "--timeout", "2")
+    assert_no_traceback(result)
+    lines = check_lines(result)
+    assert f"mqtt://gw:***@127.0.0.1:{port}" in lines["broker"]
+    assert f"http://u:***@127.0.0.1:{port}" in lines["influx"]
+    assert "brokerSecret1" not in result.stdout
+    assert "influxSecret1" not in result.stdout
+
+
+# -- a missing secret file, wrong credentials: one line, an exit status (issue 15) --------------
+
+
+def test_a_missing_password_file_is_one_line_for_check_and_run(tmp_path: Path) -> None:
+    absent = tmp_path / "secrets" / "gateway.password"
+    config = tmp_path / "cuffwatch.toml"
+    config.write_text(f'[broker]\nusername = "gateway"\npassword_file = "{absent}"\n'
+                      f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+                      '[influx]\napi = "file"\n[health]\nport = 0\n')
+    checked_ = cli("check", "-c", str(config))
+    assert_no_traceback(checked_)
+    assert checked_.stdout == f"FAIL config: broker.password_file: {absent}: no such file\n"
+    assert checked_.returncode == 1
+    run = cli("run", "-c", str(config))
+    assert_no_traceback(run)
+    assert run.stdout == ""
+    assert run.stderr == f"config: broker.password_file: {absent}: no such file\n"
+    assert run.returncode == 2
+    assert not (tmp_path / "spool").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("protocol", [5, 3])
+async def test_run_with_wrong_broker_credentials_exits_in_one_line(
+    make_mosquitto: Callable[..., MosquittoServer], tmp_path: Path, protocol: int,
+) -> None:
+    broker = make_mosquitto(users={"gateway": "right-password"})
+    password_file = tmp_path / "gateway.password"
+    password_file.write_text("wrong-password\n")
+    settings = gateway_settings(broker_url=broker.url, topic_root="bfr", protocol=protocol,
+                                spool_dir=tmp_path / "spool", teams=TEAMS,
+                                broker={"password_file": str(password_file)})
+    gw = GatewayProcess.for_settings(settings, tmp_path).start()
+    assert gw.proc is not None
+    try:
+        code = await asyncio.to_thread(gw.proc.wait, CLI_TIMEOUT_S)
+    finally:
+        gw.kill()
+    log = gw.log_path.read_text()
+    assert code == 1, log
+    assert "Traceback" not in log, log
+    assert "ExceptionGroup" not in log, log
+    last = log.splitlines()[-1]
+    assert last.startswith(f"cuffwatch run: broker 127.0.0.1:{broker.port} refused us: "), log
+    assert "check broker.username and the password" in last
+    assert " ERROR " not in log, log
+    assert "wrong-password" not in log
 
 
 # -- assign and ack ----------------------------------------------------------------------------
@@ -388,3 +545,5 @@ async def test_run_serves_readyz_and_exits_0_on_sigterm(
     log = gw.log_path.read_text()
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log
+    # TEAMS has no push route: said at start-up (issue 15)
+    assert re.search(r" WARNING .*team t1: no push route: .* escalated to nobody", log), log

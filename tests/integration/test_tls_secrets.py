@@ -432,5 +432,8 @@ async def test_secrets_from_the_environment_never_reach_the_logs_at_debug(
         done = await asyncio.to_thread(run_cli, "-v", "check", "-c", str(config),
                                        env=env | extra)
         out = done.stdout + done.stderr
-        assert ("FAIL" in out) == bool(extra), out
+        # the dead route fails too: check tries each route's server (issue 15)
+        failed = {line[5:].split(": ", 1)[0] for line in done.stdout.splitlines()
+                  if line.startswith("FAIL ")}
+        assert failed == {"route t1/1-json"} | ({"broker", "influx"} if extra else set()), out
         assert leaked(out) == [], f"secrets in `cuffwatch check` output:\n{out}"

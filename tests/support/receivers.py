@@ -36,8 +36,13 @@ class HttpReceiver:
         self.received: list[Received] = []
         self.hits: Counter[str] = Counter()
         self.fail_first: dict[str, int] = {}
+        # requests that are not posts (`cuffwatch check`'s probes): (method, path, headers)
+        self.probes: list[tuple[str, str, dict[str, str]]] = []
 
     async def handle(self, request: web.Request) -> web.Response:
+        if request.method != "POST":  # a webhook takes posts only, as real ones do
+            self.probes.append((request.method, request.path, dict(request.headers)))
+            return web.Response(status=405, headers={"Allow": "POST"})
         self.hits[request.path] += 1
         if self.fail_first.get(request.path, 0) > 0:
             self.fail_first[request.path] -= 1
@@ -148,7 +153,9 @@ class MailBox:
         )
         if ok:
             self.logins.append(data.login.decode())
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers a refusal with 535 itself (True would leave the
+        # client waiting for an answer nobody sends)
+        return AuthResult(success=ok, handled=False)
 
     def messages(self) -> list[EmailMessage]:
         """Every mail received, parsed (headers decoded: `msg["Subject"]` is the text)."""

@@ -20,7 +20,9 @@ def roster(teams: Mapping[str, Mapping[str, CuffSpec]], *,
            athletes: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """`[teams]` settings from {team: {cuff: athlete or (athlete, limb)}}.
 
-    `athletes` gives a team its `athletes` table (see `prescribed`).
+    `athletes` gives a team its `athletes` table (see `prescribed`); the team's other cuffs'
+    athletes are then listed in it without a prescription, as a team with an athletes table
+    must list every athlete its cuffs name.
     """
     out: dict[str, Any] = {}
     for team, cuffs in teams.items():
@@ -29,6 +31,7 @@ def roster(teams: Mapping[str, Mapping[str, CuffSpec]], *,
             athlete, limb = (spec, "left_leg") if isinstance(spec, str) else spec
             entry["cuffs"][cuff] = {"athlete": athlete, "limb": limb}
         if athletes and team in athletes:
-            entry["athletes"] = dict(athletes[team])
+            named: dict[str, Any] = {c["athlete"]: {} for c in entry["cuffs"].values()}
+            entry["athletes"] = named | dict(athletes[team])
         out[team] = entry
     return out

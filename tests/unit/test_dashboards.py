@@ -156,6 +156,7 @@ def test_athlete_names_survive_grafanas_custom_syntax() -> None:
                     "a-2": {"name": "Sam\n  Lee"},
                     "a-3": {"name": "Sam Lee"},
                     "a-4": {"name": "Ana : Bell"},
+                    "a-9": {},  # no name: shown by id
                 },
                 "cuffs": {"c1": {"athlete": "a-9", "limb": "left_arm"}},
             },

@@ -65,7 +65,8 @@ def test_subscriptions_partition_by_team() -> None:
 @pytest.fixture
 def fleet() -> Fleet:
     s = load_settings(teams={
-        "t1": {"athletes": {"a5": {}}, "cuffs": {"c1": {"athlete": "a1", "limb": "left_leg"}}},
+        "t1": {"athletes": {"a1": {}, "a5": {}},
+               "cuffs": {"c1": {"athlete": "a1", "limb": "left_leg"}}},
         "t2": {"cuffs": {"c2": {"limb": "right_arm"}}},
     })
     return Fleet(s)
