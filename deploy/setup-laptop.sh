@@ -172,7 +172,10 @@ systemctl restart cuffwatch
 say "Check"
 # shellcheck disable=SC2046 # the env file's lines are KEY=VALUE words by construction
 env $(grep -Ev '^\s*(#|$)' "${ETC}/cuffwatch.env") \
-  runuser -u "${SERVICE_USER}" -- "${VENV}/bin/cuffwatch" check -c "${ETC}/cuffwatch.toml" || true
+  runuser -u "${SERVICE_USER}" -- "${VENV}/bin/cuffwatch" check -c "${ETC}/cuffwatch.toml" || {
+  echo "setup: cuffwatch check failed: fix what its FAIL lines name, then run this again" >&2
+  exit 1
+}
 
 cat <<DONE
 

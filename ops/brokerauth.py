@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import enum
+import grp
 import hashlib
 import hmac
 import os
@@ -20,7 +21,7 @@ import re
 import secrets
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ __all__ = [
     "Principal",
     "Role",
     "add_arguments",
+    "give_to_group",
     "hash_password",
     "load_credentials",
     "principals",
@@ -68,6 +70,7 @@ CREDENTIALS_MODE = 0o600  # plaintext passwords: owner only
 # The broker drops privileges before reading passwd/acl (checked on Mosquitto 2.0.11), so
 # its group must be able to read them; set-up scripts chgrp them to the broker's group.
 BROKER_FILE_MODE = 0o640
+BROKER_GROUP = "mosquitto"  # Debian's mosquitto runs as user and group mosquitto
 DEFAULT_CREDENTIALS_NAME = "broker-credentials.toml"  # beside --out, never inside it
 
 USERS_FILE_NAME = "passwd"
@@ -395,6 +398,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateway-password-file", type=Path, default=None, metavar="FILE",
         help="also write the gateway user's password alone to FILE (0600)",
     )
+    parser.add_argument(
+        "--group", default=BROKER_GROUP, metavar="GROUP",
+        help="the group the broker reads DIR's files as (Mosquitto drops root for its own "
+        f"user; default {BROKER_GROUP}; a container's numeric gid, e.g. 1883, works too)",
+    )
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -412,10 +420,36 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     except (BrokerAuthError, OSError) as exc:
         print(f"broker-auth: {exc}", file=sys.stderr)
         return 1
+    readable = give_to_group((files.passwd, files.acl, files.conf), out_dir, args.group)
     print(f"password file: {files.passwd}")
     print(f"ACL file:      {files.acl}")
     print(f"conf snippet:  {files.conf}")
     print(f"credentials:   {files.credentials} (secret)")
     if files.gateway_password is not None:
         print(f"gateway pass:  {files.gateway_password} (secret)")
+    if readable is not None:
+        print(readable)
     return 0
+
+
+def give_to_group(paths: Sequence[Path], directory: Path, group: str) -> str | None:
+    """Let `group` (the broker's) read the broker's files: chgrp them and their directory.
+
+    Mosquitto starts as root and drops to its own user before it reads its password file and
+    ACL, so root-owned 0640 files are "Unable to open pwfile". Returns None when done, else
+    the one command that does it (not root, or no such group on this machine).
+    """
+    targets = [directory, *paths]
+    command = (f"sudo chgrp {group} {' '.join(str(p) for p in targets)} && "
+               f"sudo chmod g+rx {directory}")
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        return (f"no group {group!r} here: before the broker starts, let its group read the "
+                f"files (--group GROUP to name it): {command}")
+    if os.geteuid() != 0:
+        return f"the broker reads these files as group {group}; as root, run: {command}"
+    for target in targets:
+        os.chown(target, -1, gid)
+    directory.chmod(directory.stat().st_mode | 0o050)
+    return None

@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 PUBLISH_ACK_TIMEOUT_S = 10.0  # assign/ack wait this long for the broker's PUBACK
-REFUSAL_GRACE_S = 0.3  # Mosquitto drops a client right after acking a publish its ACL denies
+REFUSAL_GRACE_S = 0.3  # a broker may drop a client after refusing a publish (not Mosquitto 2.0.11)
 ANSWER_TIMEOUT_S = 5.0  # ... and this long for the gateway's answer (MQTT 5)
 
 
@@ -162,7 +162,7 @@ async def _request_once(
         await asyncio.wait_for(link.outbound.publishes_acked(), PUBLISH_ACK_TIMEOUT_S)
         # MQTT 5 says no in the PUBACK; on 3.1.1 Mosquitto only drops the connection
         if link.outbound.refused_publishes or await link.lost_within(REFUSAL_GRACE_S):
-            # Mosquitto disconnects a client after a publish its ACL denies
+            # a broker that answers a refusal by closing the connection (Mosquitto 2.0.11 does not)
             raise PublishError(f"the broker refused the publish to {topic} (not authorised?)")
     except TimeoutError:
         raise PublishError(f"no acknowledgement from the broker for {topic}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
+import os
 import re
 import ssl
 import subprocess
@@ -28,6 +30,7 @@ from tests.support.broker_auth import (
     refused,
     two_team_settings,
 )
+from tests.support.gateway_process import run_cuffwatch, write_config
 from tests.support.pki import Pki
 from tests.support.servers import MosquittoServer, find_binary
 
@@ -268,3 +271,31 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(
     # The client sees an alert, a reset or EOF depending on timing; never a CONNACK (0x20).
     assert not answer.startswith(b"\x20"), answer
     assert "peer did not return a certificate" in tls_broker.log_tail()
+
+
+# -- files a packaged Mosquitto can open ---------------------------------------------------------
+
+
+async def test_broker_auth_files_open_for_a_broker_that_drops_root(
+    make_mosquitto: MakeBroker, topic_root: str, tmp_path: Path,
+) -> None:
+    """Issue 15: root-owned 0640 files were "Unable to open pwfile" for a Mosquitto that,
+    as packaged, starts as root and reads them as user mosquitto."""
+    config = write_config(tmp_path / "cuffwatch.toml", two_team_settings(topic_root))
+    out = tmp_path / "auth"
+    done = await asyncio.to_thread(
+        run_cuffwatch, "broker-auth", "-c", str(config), "--out", str(out),
+        "--credentials", str(tmp_path / "secret" / "creds.toml"), timeout=60.0)
+    assert done.returncode == 0, done.stderr
+    if os.geteuid() != 0:  # a user cannot give files away: it prints the one command
+        assert f"sudo chgrp mosquitto {out} {out}/passwd {out}/acl" in done.stdout, done.stdout
+        return
+    gid = grp.getgrnam("mosquitto").gr_gid
+    for path in (out, out / "passwd", out / "acl", out / "cuffwatch-auth.conf"):
+        assert path.stat().st_gid == gid, path
+    assert "chgrp" not in done.stdout  # nothing left for the operator to do
+    broker = make_mosquitto(password_file=out / "passwd", acl_file=out / "acl",
+                            run_as="mosquitto")
+    passwords = load_credentials(tmp_path / "secret" / "creds.toml")
+    async with connected(broker, "c7", passwords["c7"]):
+        pass  # the broker read the password file: it let the cuff in

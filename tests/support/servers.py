@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -406,9 +407,16 @@ class MosquittoServer(ServerProcess):
         users: Mapping[str, str] | None = None,
         acl_file: Path | str | None = None,
         acl: str | None = None,
+        run_as: str | None = None,
     ) -> None:
-        """Configure, without starting, a broker (see the class docstring)."""
+        """Configure, without starting, a broker (see the class docstring).
+
+        `run_as`: as root, the user the broker drops to, as a packaged Mosquitto does
+        (`mosquitto`); its own files (config, log, persistence) are made that user's, the
+        password file and ACL are left as they are. Default: stay the current user.
+        """
         super().__init__(tmpdir)
+        self.run_as = run_as
         self.host = LOOPBACK
         self.port = 0
         self.ports: dict[str, int] = {}
@@ -460,6 +468,14 @@ class MosquittoServer(ServerProcess):
             self.acl_file = self.tmpdir / "acl"
             self.acl_file.write_text(self.acl)
         self.config_path.write_text("\n".join(self._config_lines()) + "\n")
+        if self.run_as is not None and os.geteuid() == 0:
+            account = pwd.getpwnam(self.run_as)
+            for own in (self.tmpdir, self.persistence_dir):
+                os.chown(own, account.pw_uid, account.pw_gid)
+            for parent in self.tmpdir.parents:  # traversable (not listable) on the way there
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    parent.chmod(mode | 0o001)
 
     def _config_lines(self) -> list[str]:
         """The broker's configuration: global options first, then the listeners."""
@@ -484,7 +500,7 @@ class MosquittoServer(ServerProcess):
         ]
         if os.geteuid() == 0:
             # As root mosquitto switches to the `mosquitto` user, who cannot write our temp dir.
-            lines.append(f"user {getpass.getuser()}")
+            lines.append(f"user {self.run_as or getpass.getuser()}")
         if self.password_file is not None:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file is not None:
