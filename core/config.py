@@ -141,6 +141,34 @@ class HealthSettings(_Section):
     port: int = Field(default=9108, ge=0, le=65535)
 
 
+class AckSettings(_Section):
+    """The one-tap ack endpoint (SPEC §3, §7): off while `public_url` is unset."""
+
+    public_url: str = ""  # what phones reach (behind a TLS reverse proxy)
+    host: str = "127.0.0.1"
+    port: int = Field(default=9109, ge=0, le=65535)
+    link_ttl_s: PositiveSeconds = 3600.0
+    secret: SecretStr | None = None  # CUFFWATCH_ACK__SECRET; never logged
+    secret_file: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and (urlsplit(value).scheme not in ("http", "https")
+                      or not urlsplit(value).hostname):
+            raise ValueError(f"must be an http(s) URL phones can reach, not {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.public_url)
+
+    def secret_bytes(self) -> bytes | None:
+        """The signing secret (UTF-8 bytes of `secret` or the file's text), or None."""
+        secret = self.secret or _read_secret_file(self.secret_file)
+        return secret.get_secret_value().encode() if secret else None
+
+
 class LimbLimits(_Section):
     """The limits of one kind of limb; `ArmLimits` and `LegLimits` carry the defaults."""
 
@@ -352,6 +380,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     spool: SpoolSettings = SpoolSettings()
     health: HealthSettings = HealthSettings()
+    ack: AckSettings = AckSettings()
     alerts: AlertSettings = AlertSettings()
     teams: dict[Ident, Team] = {}
 

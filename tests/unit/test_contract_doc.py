@@ -258,7 +258,6 @@ def test_not_yet_built_keys_are_really_not_built(doc: str) -> None:
     text = section(doc, "Not yet built")
     named = {_PLACEHOLDER.sub(WILD, k) for k in _CODE_SPAN.findall(text) if "." in k}
     named = {k for k in named if re.fullmatch(r"[a-z_<>*\[\].]+", k)}
-    assert named, f"{DOC_NAME}: 'Not yet built' names no configuration key"
     built = named & CODE_KEYS.keys()
     assert not built, f"{DOC_NAME}: 'Not yet built' lists keys the code has: {sorted(built)}"
 
