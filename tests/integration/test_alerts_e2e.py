@@ -411,7 +411,8 @@ async def test_pushes_reach_json_ntfy_and_mail_and_a_dead_route_delays_nothing(
     ]
     zone = "Australia/Sydney"  # far from UTC whenever the test runs
     team = arm_team("c1", "c2", routes=routes, name="Senior squad", timezone=zone,
-                    athletes={"a-1": {"name": "Jamie Striker"}})  # a-2 has no name: its id
+                    athletes={"a-1": {"name": "Jamie Striker"},
+                              "a-2": {}})  # a-2 has no name: pushes show its id
     settings = settings_for(mosquitto, topic_root, tmp_path, {"t1": team})
     push = PushDispatcher.from_settings(settings)
     async with running_gateway(settings, notifiers=[push]), \

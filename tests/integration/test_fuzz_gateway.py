@@ -203,6 +203,12 @@ async def count_valid(influxdb: InfluxDB1Server, db: str) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
+async def count_team(influxdb: InfluxDB1Server, db: str, team: str) -> int:
+    rows = await asyncio.to_thread(
+        influxdb.query, db, f"SELECT count(seq) FROM cuff_telemetry WHERE team = '{team}'")
+    return int(rows[0]["count"]) if rows else 0
+
+
 def internal_errors(caplog: pytest.LogCaptureFixture) -> str:
     """What the gateway logged about internal errors: the exceptions, by type and message."""
     seen = Counter(
@@ -348,16 +354,19 @@ async def test_hostile_athlete_names_round_trip_through_influxdb_tags(
 ) -> None:
     names = athletes()
     assert len(names) >= 25
-    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path, teams=TEAMS)
+    # a name staff typed reaches readings through the roster (a device cannot mint athletes,
+    # nor can an assignment: `unknown_athlete`); ids are checked, a roster cuff's athlete of a
+    # team without an athletes table is any text: one cuff per hostile name
+    hostile = {"th": {"cuffs": {f"h{i}": {"athlete": name, "limb": "left_leg"}
+                                for i, name in enumerate(names)}}}
+    settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path,
+                                teams={**TEAMS, **hostile})
     now = int(time.time() * 1000)
-    topic = f"{topic_root}/t1/cuffs/c2/telemetry"
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
-        for seq, name in enumerate(names):
-            # a name staff typed reaches a reading through an assignment (a device cannot
-            # mint athletes: `unknown_athlete`); the reading names it too
-            dev.publish(f"{topic_root}/t1/cuffs/c1/assignment", {"athlete": name})
-            dev.publish(topic, {**valid_reading(seq, now - 5000 + seq), "athlete": name})
-        await wait_for(lambda: _eq(count_valid(influxdb, influx_db), len(names)),
+        for seq in range(len(names)):
+            dev.publish(f"{topic_root}/th/cuffs/h{seq}/telemetry",
+                        valid_reading(seq, now - 5000 + seq))
+        await wait_for(lambda: _eq(count_team(influxdb, influx_db, "th"), len(names)),
                        what="every hostile-named reading stored")
         assert gw.counters.internal_errors == 0
         assert gw.counters.rejected == 0
@@ -378,7 +387,7 @@ async def test_hostile_athlete_names_round_trip_through_influxdb_tags(
         )
         seqs = [seq for seq, other in enumerate(stored) if other == tag]
         assert [(r["athlete"], r["cuff"], r["team"], int(r["seq"])) for r in rows] == [
-            (tag, "c2", "t1", seq) for seq in seqs], repr(tag)
+            (tag, f"h{seq}", "th", seq) for seq in seqs], repr(tag)
         for row in rows:
             assert row["pressure_mmhg"] == valid_reading(int(row["seq"]), 0)["pressure_mmhg"]
 
