@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -241,10 +241,14 @@ async def test_refused_batches_are_loud_and_rejected_files_are_deleted_only_with
     pipeline = IngestPipeline(spool, _RefusingSink(tmp_path / "lp"), batch_lines=10,
                               batch_interval_s=0.02, rejected_max_files=3, refusing_s=0.5)
     assert not pipeline.refusing
+
+    def refused(n: int) -> Callable[[], bool]:
+        return lambda: pipeline.rejected_batches == n
+
     async with running(pipeline):
         for k in range(5):
             await pipeline.submit(refused_chunk(k), 10)
-            await until(lambda k=k: pipeline.rejected_batches == k + 1, "batch refused")
+            await until(refused(k + 1), "batch refused")
             assert pipeline.refusing  # the gateway reports `degraded` meanwhile
         await until(lambda: spool.records_pending == 0, "passed over, never blocking")
         stats = pipeline.snapshot()

@@ -481,8 +481,7 @@ def test_a_full_disk_splits_the_segment_so_what_is_on_disk_drains_and_frees_it(
             assert spool.synced_position == on_disk[-1]
         assert spool.disk_full  # nothing written yet
         spool.sync()  # the buffered records' own segment is created and written
-        assert not spool.disk_full
-        assert spool.synced_position == buffered[-1]
+        assert (spool.disk_full, spool.synced_position) == (False, buffered[-1])
         assert [f.name for f in segment_files(tmp_path)] == [segment_name(on_disk[-1])]
     with Spool(tmp_path) as spool:
         assert [p for _, p in spool.read(0, 1 << 20)] == [f"b{i}".encode() for i in range(5)]
@@ -531,6 +530,6 @@ def test_a_mark_past_the_buffer_of_a_full_disk_drops_it(tmp_path: Path) -> None:
         assert spool.disk_full  # nothing was written: the disk has not said it has room
         later = spool.append(b"c")
         spool.sync()
-        assert not spool.disk_full
+        assert (spool.disk_full, spool.synced_position) == (False, later)
         assert [p for _, p in spool.read(positions[-1], 1 << 20)] == [b"c"]
         assert spool.end_position == later

@@ -131,8 +131,7 @@ async def test_a_full_disk_holds_records_once_is_loud_once_and_ends_by_itself(
             assert gw._storage_status() == "degraded"
             assert gw._gauges()["spool_disk_full"] == 1.0
         await asyncio.wait_for(asyncio.gather(acks, held), 10)  # room again: no restart
-        assert not gw.hold.disk_full
-        assert gw.hold.state is HoldState.OPEN
+        assert (gw.hold.disk_full, gw.hold.state) == (False, HoldState.OPEN)
         assert gw._gauges()["spool_disk_full"] == 0.0
         logged = [r.getMessage() for r in caplog.records]
         assert sum("DISK FULL" in m for m in logged) == 1, logged
