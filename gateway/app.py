@@ -329,6 +329,7 @@ class Gateway:
             spool_bytes=float(self.spool.bytes_used),
             spool_full=float(self.hold.state is HoldState.FULL),
             spool_disk_full=float(self.hold.disk_full),
+            spool_disk_full_episodes=float(self.hold.disk_full_episodes),
             alerts_open=float(len(self.engine.open_alerts())),
             unacked_messages=float(self.mqtt.pending_acks),
             broker_connected=float(self.mqtt.connected.is_set()),
