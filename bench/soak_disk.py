@@ -61,7 +61,7 @@ class DiskProfile:
 
 QUICK = DiskProfile(cuffs=200, disk_bytes=1 << 20, cycles=2, warm_s=2, full_s=3, gap_s=2,
                     fsize_fill_s=3)
-FULL = DiskProfile(cuffs=200, disk_bytes=2 << 20, cycles=4, warm_s=5, full_s=10, gap_s=5,
+FULL = DiskProfile(cuffs=200, disk_bytes=2 << 20, cycles=3, warm_s=5, full_s=8, gap_s=5,
                    fsize_fill_s=8)
 
 
