@@ -18,7 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, footprint, latency, micro, profile, report, soak, throughput
+from bench import (
+    ceilings,
+    footprint,
+    latency,
+    micro,
+    profile,
+    report,
+    soak,
+    soak_disk,
+    throughput,
+)
 from bench.infra import LOAD_TEAMS, Servers, machine_info, servers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -134,12 +144,17 @@ def _soak(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
     r["soak"] = soak.soak(srv, quick=r["quick"])
 
 
+def _disk_soak(srv: Servers, s: Sizes, r: dict[str, Any]) -> None:
+    r["disk_soak"] = soak_disk.disk_soak(srv, quick=r["quick"])
+
+
 BENCHMARKS: dict[str, Bench] = {
     "broker": _broker, "influx": _influx, "e2e": _e2e, "scaleout": _scaleout,
     "latency": _latency, "rss": _rss, "startup": _startup, "micro": _micro,
-    "profile": _profile, "soak": _soak,
+    "profile": _profile, "soak": _soak, "disk_soak": _disk_soak,
 }
-DEFAULT = ("broker", "influx", "e2e", "scaleout", "latency", "rss", "startup", "micro", "soak")
+DEFAULT = ("broker", "influx", "e2e", "scaleout", "latency", "rss", "startup", "micro", "soak",
+           "disk_soak")
 
 
 def _status_line(t: dict[str, Any]) -> str:

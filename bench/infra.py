@@ -158,8 +158,10 @@ def servers(keep: bool = False) -> Iterator[Servers]:
 def gateway_config(
     srv: Servers, *, name: str, database: str, teams: dict[str, Any],
     broker_teams: tuple[str, ...] = (), shared_group: str | None = None,
+    spool_dir: Path | None = None,
 ) -> tuple[Path, int]:
-    """Write `<tmp>/<name>.toml` for one gateway; return its path and health port."""
+    """Write `<tmp>/<name>.toml` for one gateway (its spool in `<tmp>/spool-<name>` unless
+    `spool_dir`); return its path and health port."""
     port = free_port()
     broker: dict[str, Any] = {"url": srv.mosquitto.url, "protocol": 5}
     if broker_teams:
@@ -171,7 +173,7 @@ def gateway_config(
         "topic_root": TOPIC_ROOT,
         "broker": broker,
         "influx": {"api": "v1", "url": srv.influx.url, "database": database},
-        "spool": {"dir": str(srv.tmp / f"spool-{name}")},
+        "spool": {"dir": str(spool_dir or srv.tmp / f"spool-{name}")},
         "health": {"host": "127.0.0.1", "port": port},
         "teams": teams,
     }

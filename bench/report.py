@@ -87,6 +87,8 @@ TARGETS = (
            lambda r: _dig(r, "startup", "median_s"), 1.0, False),
     Target("soak_lost", "soak: readings lost across 5 injected faults", "readings",
            lambda r: _dig(r, "soak", "lost"), 0, False, exact=True),
+    Target("disk_soak_lost", "disk soak: readings lost while the spool's disk fills and "
+           "empties", "readings", lambda r: _dig(r, "disk_soak", "lost"), 0, False, exact=True),
 )
 
 
@@ -154,6 +156,12 @@ def markdown(results: dict[str, Any]) -> str:
          ("latency", "half_load", "load_target_readings_per_s")),
         ("soak: readings/s sustained, 200 cuffs, QoS 1, 5 faults", ("soak", "readings_per_s")),
         ("soak: slowest catch-up after a fault (s)", ("soak", "recovery_max_s")),
+        ("disk soak: disk-full cycles / episodes the gateway counted / DISK FULL log lines",
+         ("disk_soak", "cycles")),
+        ("disk soak: slowest recovery, InfluxDB back → disk full cleared (s)",
+         ("disk_soak", "recovery_max_s")),
+        ("disk soak: SIGTERM while the disk is full, until exit (s)",
+         ("disk_soak", "sigterm_stop_s")),
     )
     lines += ["", "| context | measured |", "| --- | ---: |"]
     for label, path in rows:
@@ -161,6 +169,10 @@ def markdown(results: dict[str, Any]) -> str:
         if "p50" in path[-1]:
             worst = _dig(results, *path[:-1], path[-1].replace("p50", "max"))
             lines.append(f"| {label} | {_fmt(value)} / {_fmt(worst)} |")
+        elif path == ("disk_soak", "cycles"):
+            episodes = _dig(results, "disk_soak", "disk_full_episodes")
+            logged = _dig(results, "disk_soak", "disk_full_log_lines")
+            lines.append(f"| {label} | {_fmt(value)} / {_fmt(episodes)} / {_fmt(logged)} |")
         elif path[-1] == "load_target_readings_per_s":
             carried = _dig(results, *path[:-1], "load_carried_readings_per_s")
             lines.append(f"| {label} | {_fmt(value)} / {_fmt(carried)} |")

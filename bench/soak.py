@@ -494,7 +494,8 @@ class Fault:
     publisher_drops: bool = False  # the cuffs lose their connections too (the broker)
 
 
-def _start_gateway(gw: GatewayProcess) -> None:
+def start_gateway(gw: GatewayProcess) -> None:
+    """Start the gateway and wait until it is ready."""
     gw.start()
     gw.wait_ready()
 
@@ -505,18 +506,19 @@ def faults(srv: Servers, gw: GatewayProcess, p: Profile) -> list[Fault]:
         Fault("influx_frozen", srv.influx.pause, p.freeze_s, srv.influx.resume),
         Fault("influx_killed", srv.influx.kill, p.influx_down_s, srv.influx.start),
         Fault("gateway_sigkill", gw.kill, p.gateway_down_s,
-              lambda: _start_gateway(gw)),
+              lambda: start_gateway(gw)),
         Fault("broker_restart", srv.mosquitto.stop, p.broker_down_s,
               srv.mosquitto.start, publisher_drops=True),
-        Fault("gateway_sigterm", gw.stop, p.gateway_stop_s, lambda: _start_gateway(gw)),
+        Fault("gateway_sigterm", gw.stop, p.gateway_stop_s, lambda: start_gateway(gw)),
     ]
 
 
-def _mb(value: float | None) -> float | None:
+def mb(value: float | None) -> float | None:
+    """Bytes as MiB, two decimals."""
     return None if value is None else round(value / MIB, 2)
 
 
-def _wait_publisher(pub: SoakPublisher, cuffs: int, timeout: float) -> float:
+def wait_publisher(pub: SoakPublisher, cuffs: int, timeout: float) -> float:
     """Until every cuff is connected and its buffer is down to what is normally in flight."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -527,7 +529,8 @@ def _wait_publisher(pub: SoakPublisher, cuffs: int, timeout: float) -> float:
     raise RuntimeError(f"publisher not back within {timeout:.0f} s: {pub.latest()}")
 
 
-def _stored_seqs(srv: Servers, db: str, cuff: str) -> list[int]:
+def stored_seqs(srv: Servers, db: str, cuff: str) -> list[int]:
+    """Every stored `seq` of one cuff (repeats included)."""
     # S608: the cuff ids are our own generated ones, never input
     rows = srv.influx.query(db, f"SELECT \"seq\" FROM \"cuff_telemetry\" WHERE \"cuff\" = '{cuff}'")  # noqa: S608
     return [int(r["seq"]) for r in rows]
@@ -544,10 +547,10 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
     monitor = Monitor(srv, db, gw, pub, srv.tmp / f"spool-{name}")
     phases: list[dict[str, Any]] = []
     try:
-        _start_gateway(gw)
+        start_gateway(gw)
         time.sleep(0.3)  # SUBACK before the first reading
         pub.start()
-        _wait_publisher(pub, p.cuffs, 30)
+        wait_publisher(pub, p.cuffs, 30)
         t_start = pub.latest()["t0"]
         monitor.start()
         time.sleep(p.warm_s)
@@ -563,7 +566,7 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
             t_repair = time.monotonic()
             fault.repair()
             t_back = time.monotonic()
-            t_ref = _wait_publisher(pub, p.cuffs, 60) if fault.publisher_drops else t_back
+            t_ref = wait_publisher(pub, p.cuffs, 60) if fault.publisher_drops else t_back
             target = pub.acked_at(t_ref)
             done = monitor.caught_up(target, t_ref, RECOVERY_TIMEOUT_S)
             end = done if done is not None else time.monotonic()
@@ -576,27 +579,17 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
                 "acked_during_outage": pub.acked_at(t_back) - pub.acked_at(t_inject),
                 "recovery_s": None if done is None else round(done - t_ref, 2),
                 "fault_to_caught_up_s": None if done is None else round(done - t_inject, 2),
-                "spool_max_mb": _mb(max((s.spool_bytes or 0 for s in window), default=0)),
-                "spool_disk_max_mb": _mb(max((s.spool_disk for s in window), default=0)),
+                "spool_max_mb": mb(max((s.spool_bytes or 0 for s in window), default=0)),
+                "spool_disk_max_mb": mb(max((s.spool_disk for s in window), default=0)),
                 "t": [t_inject, t_back, end],
             })
             time.sleep(p.gap_s)
         t_stop = time.monotonic()
         final = pub.finish()
         pub.stop()
-        expected = {c: set(range(n)) - set(unacked) for c, n, unacked in final["cuffs"]}
+        expected = expected_seqs(final)
         total = sum(map(len, expected.values()))
-        drained_at: float | None = None
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            n = stored_count(srv, db, timeout=10)
-            if n is not None and n >= total:
-                drained_at = drained_at or time.monotonic()
-                if time.monotonic() - drained_at >= DRAIN_STABLE_S:
-                    break
-            else:
-                drained_at = None
-            time.sleep(SAMPLE_S)
+        drained_at = wait_drained(srv, db, total)
         gw_metrics: dict[str, float] = {}
         with contextlib.suppress(OSError, RuntimeError):
             gw_metrics = gw.metrics()
@@ -610,16 +603,7 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
         gw.stop()
         forget_sessions(srv.mosquitto.host, srv.mosquitto.port,
                         [*pub.client_ids, f"cuffwatch-{name}"])
-    # the accounting: every broker-acknowledged reading, per cuff
-    lost: list[tuple[str, int]] = []
-    stored_points = distinct = unexpected = 0
-    for cuff, want in expected.items():
-        seqs = _stored_seqs(srv, db, cuff)
-        have = set(seqs)
-        stored_points += len(seqs)
-        distinct += len(have)
-        unexpected += len(have - want)
-        lost += [(cuff, s) for s in sorted(want - have)]
+    lost, stored_points, distinct, unexpected = storage_accounting(srv, db, expected)
     skewed = srv.count(db, field_="clock_skew_s")
     alerts = srv.count(db, measurement="alert", field_="state")
     samples = monitor.samples
@@ -635,7 +619,7 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
     for s in samples:
         if s.t >= next_t:
             timeline.append([round(s.t - t_start, 1), s.acked, s.stored,
-                             _mb(s.spool_bytes), _mb(s.rss)])
+                             mb(s.spool_bytes), mb(s.rss)])
             next_t = s.t + TIMELINE_STEP_S
     recoveries = [ph["recovery_s"] for ph in phases]
     result: dict[str, Any] = {
@@ -663,9 +647,9 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
         "baseline_catchup_s": baseline,
         "recovery_max_s": (max(r for r in recoveries if r is not None)
                            if all(r is not None for r in recoveries) else None),
-        "spool_max_mb": _mb(max(spool, default=0)),
-        "spool_disk_max_mb": _mb(max((s.spool_disk for s in samples), default=0)),
-        "gateway_rss_max_mb": _mb(max(rss, default=0)),
+        "spool_max_mb": mb(max(spool, default=0)),
+        "spool_disk_max_mb": mb(max((s.spool_disk for s in samples), default=0)),
+        "gateway_rss_max_mb": mb(max(rss, default=0)),
         "gateway_lives": len(lives),
         # summed over the gateway's processes, as last sampled (≤ SAMPLE_S before a kill)
         "gateway_accepted": int(sum(a for a, _ in lives.values())),
@@ -680,6 +664,44 @@ def soak(srv: Servers, *, quick: bool) -> dict[str, Any]:
     if lost:
         result["lost_evidence"] = _evidence(lost, pub, phases, t_start)
     return result
+
+
+def expected_seqs(final: dict[str, Any]) -> dict[str, set[int]]:
+    """Per cuff, the seqs the broker acknowledged (the publisher's final accounting)."""
+    return {c: set(range(n)) - set(unacked) for c, n, unacked in final["cuffs"]}
+
+
+def wait_drained(srv: Servers, db: str, total: int) -> float | None:
+    """Until InfluxDB holds `total` readings, steadily for DRAIN_STABLE_S; when it first did."""
+    drained_at: float | None = None
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        n = stored_count(srv, db, timeout=10)
+        if n is not None and n >= total:
+            drained_at = drained_at or time.monotonic()
+            if time.monotonic() - drained_at >= DRAIN_STABLE_S:
+                break
+        else:
+            drained_at = None
+        time.sleep(SAMPLE_S)
+    return drained_at
+
+
+def storage_accounting(
+    srv: Servers, db: str, expected: dict[str, set[int]],
+) -> tuple[list[tuple[str, int]], int, int, int]:
+    """Every broker-acknowledged reading, per cuff: (lost (cuff, seq) pairs, stored points,
+    distinct stored readings, stored readings the broker never acknowledged)."""
+    lost: list[tuple[str, int]] = []
+    stored_points = distinct = unexpected = 0
+    for cuff, want in expected.items():
+        seqs = stored_seqs(srv, db, cuff)
+        have = set(seqs)
+        stored_points += len(seqs)
+        distinct += len(have)
+        unexpected += len(have - want)
+        lost += [(cuff, s) for s in sorted(want - have)]
+    return lost, stored_points, distinct, unexpected
 
 
 def _evidence(lost: list[tuple[str, int]], pub: SoakPublisher, phases: list[dict[str, Any]],

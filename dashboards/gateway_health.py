@@ -1,4 +1,5 @@
-"""The gateway health dashboard (gateway/gateway.json): throughput, rejects, spool, lag, alerts."""
+"""The gateway health dashboard (gateway/gateway.json): throughput, rejects, spool, refused
+batches, lag, alerts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dashboards.parts import (
     GREEN,
     ORANGE,
     RED,
+    alarm_thresholds,
     dashboard,
     dashed_thresholds,
     query_variable,
@@ -21,6 +23,7 @@ from dashboards.parts import (
 )
 from dashboards.queries import Queries
 from dashboards.uids import stable_uid
+from ingest.pipeline_stats import REFUSING_S
 
 __all__ = ["GATEWAY_UID", "gateway_dashboard"]
 
@@ -32,6 +35,9 @@ GATEWAY_MIN_INTERVAL = "10s"
 # Share of the spool cap at which the spool panel turns orange, then red.
 SPOOL_WARN_SHARE = 0.5
 SPOOL_CRIT_SHARE = 0.9
+# Lines InfluxDB refused in an interval from which the refused panel turns red: any. A refused
+# line is a reading that is not stored (it waits in <spool>/rejected/ for a human).
+REFUSED_ALARM_LINES = 1
 
 
 def _rate_panel(
@@ -70,8 +76,34 @@ def _spool_panel(q: Queries, cap: int) -> timeseries.Panel:
     )
 
 
+def _refused_panel(q: Queries) -> timeseries.Panel:
+    """Lines InfluxDB refused per interval, and lines of refused batches no longer kept: red
+    from the first one."""
+    target = (
+        InfluxQL(q.counter_increase("refused", "refused_dropped"))
+        .ref_id("A")
+        .alias("$tag_instance $col")
+    )
+    return (
+        timeseries_panel(
+            "Refused by InfluxDB",
+            "Lines InfluxDB refused as bad data per interval (kept in <spool>/rejected/ with "
+            f"the server's reason; the gateway's status is degraded for {REFUSING_S / 60:g} "
+            "minutes after each), "
+            "and lines of refused batches deleted from there to bound it, or never saved. "
+            "Anything above zero needs a look at the gateway's log.",
+            target,
+            "short",
+        )
+        .interval(GATEWAY_MIN_INTERVAL)
+        .thresholds(thresholds((None, GREEN), (REFUSED_ALARM_LINES, RED)))
+        .thresholds_style(alarm_thresholds())
+    )
+
+
 def gateway_dashboard(settings: Settings, q: Queries) -> dash.Dashboard:
-    """The gateway health dashboard: throughput, rejects, spool, lag, open alerts."""
+    """The gateway health dashboard: throughput, rejects, spool, refused lines, lag, open
+    alerts."""
     builder = (
         dashboard(
             "cuffwatch: gateway health",
@@ -99,6 +131,7 @@ def gateway_dashboard(settings: Settings, q: Queries) -> dash.Dashboard:
             )
         )
         .with_panel(_spool_panel(q, settings.spool.max_bytes))
+        .with_panel(_refused_panel(q))
         .with_panel(
             _level_panel(
                 q,

@@ -26,6 +26,7 @@ __all__ = [
     "GREEN",
     "ORANGE",
     "RED",
+    "alarm_thresholds",
     "athlete_display_names",
     "athlete_name_mapping",
     "athlete_names",
@@ -76,6 +77,13 @@ def thresholds(*steps: Step) -> dash_builders.ThresholdsConfig:
 def dashed_thresholds() -> common_builders.GraphThresholdsStyleConfig:
     """Draw a time series' thresholds as dashed lines."""
     return common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+
+
+def alarm_thresholds() -> common_builders.GraphThresholdsStyleConfig:
+    """Draw a time series' thresholds as dashed lines over coloured areas (red: an alarm)."""
+    return common_builders.GraphThresholdsStyleConfig().mode(
+        common.GraphThresholdsStyleMode.DASHED_AND_AREA
+    )
 
 
 def pos(w: int, h: int) -> dash.GridPos:

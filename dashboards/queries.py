@@ -165,6 +165,14 @@ class Queries:
             'GROUP BY time($__interval), "instance" fill(none)'
         )
 
+    def counter_increase(self, *fields: str) -> str:
+        """How much cumulative gateway counters grew per interval, resets dropped."""
+        steps = ", ".join(f'non_negative_difference(max("{f}")) AS "{f}"' for f in fields)
+        return (
+            f"SELECT {steps} FROM {self.source('gateway_stats')} WHERE {INSTANCE} AND $timeFilter "
+            'GROUP BY time($__interval), "instance" fill(none)'
+        )
+
     def gauge(self, field: str, agg: str) -> str:
         """One gateway level per interval and instance."""
         return (

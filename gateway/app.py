@@ -38,7 +38,7 @@ from gateway.state import CuffState, Fleet
 from ingest import lineproto
 from ingest.pipeline import IngestPipeline, PipelineState
 from ingest.sinks import Sink, make_sink
-from ingest.spool import Spool, SpoolFull
+from ingest.spool import Spool, SpoolError
 
 log = logging.getLogger("cuffwatch.gateway")
 # The alert lane's MQTT client id: the data connection's plus this.
@@ -99,7 +99,7 @@ class Gateway:
             on_message_fast=self.on_message,
             on_request=self.on_request,
             on_flush=self.flush_stage,
-            wait_durable=self.pipeline.wait_durable,
+            wait_durable=self.hold.wait_durable,
             on_connected=self._on_connected,
             logger=log,
         )
@@ -172,7 +172,11 @@ class Gateway:
             pass
         finally:
             await asyncio.shield(self.health.stop())
-            self.spool.close()  # releases the spool's lock for the next process
+            try:
+                self.spool.close()  # releases the spool's lock for the next process
+            except SpoolError as exc:  # a full disk: what it refused was never acknowledged
+                log.warning("spool closed without its last records (%s): their messages were "
+                            "never acknowledged; the broker redelivers them", exc)
         if refusal is not None:
             raise BrokerRefusedError(
                 f"{refusal}; check broker.username and the password "
@@ -192,15 +196,20 @@ class Gateway:
         return None
 
     async def _shutdown(self) -> None:
-        log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                while self.inbound.pending_acks or self.inbound.busy or self.hold.busy:  # noqa: ASYNC110
-                    await asyncio.sleep(DRAIN_POLL_S)
+        if self.hold.disk_full:  # waiting cannot help: the broker keeps what is unacknowledged
+            log.info("stopping: the disk is full: %d message(s) stay unacknowledged; the broker "
+                     "redelivers them", self.mqtt.pending_acks)
+        else:
+            log.info("stopping: draining %d unacknowledged message(s)", self.mqtt.pending_acks)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    while (self.inbound.pending_acks or self.inbound.busy  # noqa: ASYNC110
+                           or self.hold.busy) and not self.hold.disk_full:
+                        await asyncio.sleep(DRAIN_POLL_S)
         await self.inbound.cancel_slow()
         if self._timer_lines:
             lines, self._timer_lines = self._timer_lines, []
-            with contextlib.suppress(SpoolFull):
+            with contextlib.suppress(SpoolError):  # full or failing: alerts were published
                 await self.pipeline.submit(encode(lines), len(lines))
         await asyncio.shield(self.alert_link.disconnect())
         self._set_status("offline")
@@ -220,14 +229,15 @@ class Gateway:
         self._set_status(self._storage_status())
 
     def _on_hold(self, state: HoldState) -> None:
-        if state in (HoldState.FULL, HoldState.FAILING):
+        if self.hold.refusing or state is HoldState.FAILING:
             self._set_status("degraded")
 
     def _storage_status(self) -> str:
-        """degraded while storage is not keeping up: spool refusing, or InfluxDB failing."""
-        held = self.hold.state in (HoldState.FULL, HoldState.FAILING)
+        """degraded while storage is not keeping up: spool refusing (cap, full or failing
+        disk), InfluxDB failing, or InfluxDB refusing data."""
+        held = self.hold.refusing or self.hold.state is HoldState.FAILING
         failing = self.pipeline.state is PipelineState.FAILING
-        return "degraded" if held or failing else "online"
+        return "degraded" if held or failing or self.pipeline.refusing else "online"
 
     def _set_status(self, status: str) -> None:
         if status == self.status:
@@ -312,6 +322,7 @@ class Gateway:
             await asyncio.sleep(TICK_INTERVAL_S)
             transitions = self.handler.tick()
             self.rejects.flush(self.clock())  # the summary of a flood that has stopped
+            self.hold.observe()  # a disk that filled or emptied meanwhile: logged once
             if self.mqtt.connected.is_set():
                 self._set_status(self._storage_status())
             if transitions:
@@ -347,6 +358,9 @@ class Gateway:
             rejected=c.rejected,
             duplicates=c.duplicates,
             written=p.written_lines,
+            refused=p.rejected_lines,
+            refused_batches=p.rejected_batches,
+            refused_dropped=p.rejected_lines_deleted + p.rejected_unsaved_lines,
             spooled=p.pending_records,
             spool_bytes=int(self.spool.bytes_used),
             alerts_open=len(self.engine.open_alerts()),
@@ -362,6 +376,8 @@ class Gateway:
             return False, "broker: not connected"
         if self.hold.state is HoldState.FULL:
             return False, "spool: full"
+        if self.hold.disk_full:
+            return False, f"spool: disk full ({self.spool.disk_full_reason})"
         return True, f"ok ({self.status})"
 
     def _gauges(self) -> dict[str, float]:
@@ -369,6 +385,8 @@ class Gateway:
         out.update(
             spool_bytes=float(self.spool.bytes_used),
             spool_full=float(self.hold.state is HoldState.FULL),
+            spool_disk_full=float(self.hold.disk_full),
+            spool_disk_full_episodes=float(self.hold.disk_full_episodes),
             alerts_open=float(len(self.engine.open_alerts())),
             unacked_messages=float(self.mqtt.pending_acks),
             broker_connected=float(self.mqtt.connected.is_set()),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ingest.errors import (
+        DiskFull,
         IngestError,
         PermanentSinkError,
         QueryError,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ingest.spool import GroupCommitter, Spool
 
 __all__ = [
+    "DiskFull",
     "FileSink",
     "GroupCommitter",
     "InfluxV1Sink",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 _HOME = {
+    "DiskFull": "errors",
     "IngestError": "errors",
     "PermanentSinkError": "errors",
     "QueryError": "errors",

@@ -3,6 +3,7 @@
     IngestError
     ├── SpoolError              the spool cannot do what was asked (I/O error, closed, in use)
     │   ├── SpoolFull           no room for a record: the caller holds it and retries
+    │   │   └── DiskFull        the filesystem refused a write (ENOSPC, EDQUOT, EFBIG)
     │   └── CorruptRecordError  a record on disk is torn or damaged (never leaves the spool)
     ├── SinkError               a batch was not stored
     │   ├── TransientSinkError  unreachable, slow or overloaded: retry the batch with backoff
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptRecordError",
+    "DiskFull",
     "IngestError",
     "PermanentSinkError",
     "QueryError",
@@ -46,6 +48,21 @@ class SpoolFull(SpoolError):
         self.needed = needed
         self.used = used
         self.max_bytes = max_bytes
+
+
+class DiskFull(SpoolFull):
+    """The spool's filesystem refused a write or fsync for lack of room (ENOSPC, EDQUOT,
+    EFBIG): like SpoolFull, the caller holds the record and retries."""
+
+    def __init__(self, cause: OSError, used: int) -> None:
+        """Keep the refusal (`cause`) and the spool's bytes of records (`used`)."""
+        IngestError.__init__(self, f"disk full: {cause.strerror or cause} "
+                                   f"(errno {cause.errno}); the spool holds {used} bytes")
+        self.needed = 0
+        self.used = used
+        self.max_bytes = 0
+        self.errno = cause.errno
+        self.cause = cause
 
 
 class CorruptRecordError(SpoolError):

@@ -26,7 +26,13 @@ The modes' data live in `ingest.pipeline_memory` (the buffer) and `ingest.pipeli
 The pipeline starts in replay mode, so whatever a crash left in the spool goes first.
 A failing write is retried with jittered exponential backoff (credentials or a missing
 database: a slow fixed pace, logged loudly); a batch the server rejects as bad data is
-counted, saved under `<spool>/rejected/` and passed over, never blocking what follows.
+counted, saved under `<spool>/rejected/` and passed over, never blocking what follows. It
+is loud: logged, counted, and `refusing` for a while after (the gateway reports
+`degraded`). `rejected/` is bounded (files and bytes); what the bound deletes, or what
+could not be saved, is counted and logged too.
+
+A full disk never stops replay: the spool reads back what its files hold without writing
+first, and while the rest waits in its write buffer replay waits with backoff.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from ingest.errors import (
 from ingest.lineproto import PRECISION
 from ingest.pipeline_memory import Batch, MemoryBuffer
 from ingest.pipeline_replay import Replay
-from ingest.pipeline_stats import PipelineState, PipelineStats
+from ingest.pipeline_stats import REFUSING_S, PipelineState, PipelineStats
 from ingest.sinks import Sink
 from ingest.spool import GroupCommitter, Spool
 
@@ -76,8 +82,11 @@ RETRY_INITIAL_S = 0.5  # first retry after a failed write: a restarting InfluxDB
 RETRY_MAX_S = 5.0  # backoff cap: dashboards catch up within ~5 s of InfluxDB coming back (soak)
 # Credentials or a missing database need a human: probe slowly until the fix flows.
 PERMANENT_RETRY_S = 60.0
-# Rejected batches kept on disk for inspection; older ones are deleted (bounded disk use).
+# Rejected batches kept on disk for inspection; older ones are deleted (bounded disk use),
+# counted and logged. rejected/ lives on the spool's disk, and one batch can be 20,000
+# lines (~4 MB): the byte bound keeps it from filling the disk the spool needs.
 MAX_REJECTED_FILES = 100
+MAX_REJECTED_BYTES = 64 << 20
 # aclose() waits this much beyond its timeout for run() to notice the deadline and return.
 CLOSE_GRACE_S = 1.0
 # Characters of a server's error text logged with a rejected batch.
@@ -104,6 +113,9 @@ class IngestPipeline:
         retry_max_s: float = RETRY_MAX_S,
         permanent_retry_s: float = PERMANENT_RETRY_S,
         rejected_dir: Path | str | None = None,
+        rejected_max_files: int = MAX_REJECTED_FILES,
+        rejected_max_bytes: int = MAX_REJECTED_BYTES,
+        refusing_s: float = REFUSING_S,
     ) -> None:
         """Deliver from `spool` (opened and closed by the caller) to `sink` (closed by aclose)."""
         if batch_lines < 1 or batch_interval_s <= 0:
@@ -120,6 +132,10 @@ class IngestPipeline:
         self.retry_max_s = retry_max_s
         self.permanent_retry_s = permanent_retry_s
         self.rejected_dir = Path(rejected_dir) if rejected_dir else spool.directory / "rejected"
+        self.rejected_max_files = rejected_max_files
+        self.rejected_max_bytes = rejected_max_bytes
+        self.refusing_s = refusing_s
+        self._refused_at: float | None = None  # time.monotonic() of the latest refusal
         self._wake = asyncio.Event()
         self._buffer = MemoryBuffer(self.max_buffer_lines, batch_lines, self._wake)
         self._replay = Replay(self.max_buffer_lines)
@@ -140,6 +156,14 @@ class IngestPipeline:
         self.replayed_lines = 0
         self.rejected_lines = 0
         self.rejected_batches = 0
+        self.rejected_files_deleted = 0  # saved refused batches deleted to bound rejected/
+        self.rejected_lines_deleted = 0  # their lines
+        self.rejected_unsaved_batches = 0  # refused batches that could not be saved at all
+        self.rejected_unsaved_lines = 0
+        self.spool_read_failures = 0
+        self.disk_waits = 0  # times replay waited for a full disk to take the write buffer
+        self._read_failures = 0  # consecutive ones
+        self._disk_waits = 0  # consecutive ones
         self.spills = 0
         self.last_batch_latency_s = 0.0
         self.in_flight_lines = 0
@@ -262,13 +286,26 @@ class IngestPipeline:
                 records = await asyncio.to_thread(
                     self.spool.read, self._taken, self.replay_read_bytes
                 )
-            except (SpoolError, OSError):
-                log.exception("ingest: reading the spool failed; retrying")
-                await self._sleep(self.retry_initial_s)
+            except (SpoolError, OSError) as exc:
+                self._read_failures += 1
+                self.spool_read_failures += 1
+                if self._read_failures == 1:  # once per streak: a broken disk fails every read
+                    log.error("ingest: reading the spool failed (%s); retrying with backoff", exc)
+                await self._sleep(self._backoff(self._read_failures))
                 return None
+            if self._read_failures:
+                log.warning("ingest: reading the spool works again after %d failure(s)",
+                            self._read_failures)
+                self._read_failures = 0
             if not records:
-                self._catch_up()  # caught up, unless appended during the read: read again
+                # caught up, unless appended during the read (read again) or still in the
+                # write buffer of a full disk (wait for room: a mark or the disk frees it)
+                if not self._catch_up() and self.spool.disk_full:
+                    self.disk_waits += 1
+                    self._disk_waits += 1
+                    await self._sleep(self._backoff(self._disk_waits))
                 return None
+            self._disk_waits = 0
             self._replay.add_read(records)
         if self._catch_up():
             return None
@@ -338,6 +375,10 @@ class IngestPipeline:
                 base = max(base, min(exc.retry_after_s, self.retry_max_s))
         return jittered(base)
 
+    def _backoff(self, attempt: int) -> float:
+        """The write retries' jittered backoff, for waits on the spool."""
+        return jittered(nominal_delay(attempt, self.retry_initial_s, self.retry_max_s))
+
     async def _sleep(self, delay: float) -> None:
         """Wait `delay` seconds, or less if aclose() is called meanwhile."""
         with contextlib.suppress(TimeoutError):
@@ -348,29 +389,58 @@ class IngestPipeline:
         """Count a batch the server refused as data, save it for inspection, pass over it."""
         self.rejected_batches += 1
         self.rejected_lines += exc.rejected_lines
+        self._refused_at = time.monotonic()
         self.batches += 1
         self.written_lines += batch.lines - exc.rejected_lines  # partial writes keep the rest
+        text = str(exc)[:LOG_TEXT_CHARS]
         try:
-            path = await asyncio.to_thread(self._save_rejected, batch, str(exc))
+            path, deleted = await asyncio.to_thread(self._save_rejected, batch, str(exc))
         except OSError as err:
-            path = None
-            log.warning("ingest: could not save the rejected batch: %s", err)
-        log.error(
-            "ingest: InfluxDB rejected %d of %d line(s) (%s); batch saved as %s",
-            exc.rejected_lines, batch.lines, str(exc)[:LOG_TEXT_CHARS], path,
-        )
+            self.rejected_unsaved_batches += 1
+            self.rejected_unsaved_lines += batch.lines
+            log.error(
+                "ingest: InfluxDB rejected %d of %d line(s) (%s); the batch could not be saved "
+                "(%s): %d refused batch(es) unsaved so far", exc.rejected_lines, batch.lines,
+                text, err, self.rejected_unsaved_batches,
+            )
+            return
+        log.error("ingest: InfluxDB rejected %d of %d line(s) (%s); batch saved as %s",
+                  exc.rejected_lines, batch.lines, text, path)
+        if deleted:
+            files, lines = len(deleted), sum(deleted)
+            self.rejected_files_deleted += files
+            self.rejected_lines_deleted += lines
+            log.warning(
+                "ingest: deleted the %d oldest refused batch file(s) (%d line(s)) from %s to keep "
+                "it within %d files and %d bytes; %d file(s), %d line(s) deleted so far",
+                files, lines, self.rejected_dir, self.rejected_max_files, self.rejected_max_bytes,
+                self.rejected_files_deleted, self.rejected_lines_deleted,
+            )
 
-    def _save_rejected(self, batch: Batch, reason: str) -> Path:
+    def _save_rejected(self, batch: Batch, reason: str) -> tuple[Path, list[int]]:
+        """Save the batch; delete the oldest saved ones past the bounds. (path, lines of each
+        file deleted)."""
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.rejected_dir / f"rejected-{stamp}-{batch.last_position}.lp"
         comment = " ".join(reason.split())
         head = f"# {comment}\n# timestamps in {PRECISION}\n"
         path.write_bytes(head.encode() + batch.body)
-        saved = sorted(self.rejected_dir.glob("rejected-*.lp"))
-        for old in saved[:-MAX_REJECTED_FILES]:
+        saved = sorted(self.rejected_dir.glob("rejected-*.lp"), reverse=True)  # newest first
+        kept_bytes = 0
+        deleted: list[int] = []
+        for k, old in enumerate(saved):
+            try:
+                size = old.stat().st_size
+            except FileNotFoundError:
+                continue
+            kept_bytes += size
+            if k == 0 or (k < self.rejected_max_files and kept_bytes <= self.rejected_max_bytes):
+                continue  # the newest is always kept
+            body = old.read_bytes()
             old.unlink(missing_ok=True)
-        return path
+            deleted.append(sum(1 for ln in body.splitlines() if ln and not ln.startswith(b"#")))
+        return path, deleted
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -410,6 +480,12 @@ class IngestPipeline:
         return PipelineState.OK if self._memory else PipelineState.REPLAYING
 
     @property
+    def refusing(self) -> bool:
+        """InfluxDB refused a batch as bad data within the last `refusing_s` seconds."""
+        at = self._refused_at
+        return at is not None and time.monotonic() - at < self.refusing_s
+
+    @property
     def buffered_lines(self) -> int:
         """Lines held in memory waiting for a batch (the in-memory queue's depth)."""
         return self._buffer.lines
@@ -441,6 +517,15 @@ class IngestPipeline:
             pending_records=spool.records_pending,
             spool_full=int(spool.full),
             syncs=self.committer.syncs,
+            refusing=int(self.refusing),
+            rejected_files_deleted=self.rejected_files_deleted,
+            rejected_lines_deleted=self.rejected_lines_deleted,
+            rejected_unsaved_batches=self.rejected_unsaved_batches,
+            rejected_unsaved_lines=self.rejected_unsaved_lines,
+            spool_disk_full=int(spool.disk_full),
+            spool_disk_full_refusals=spool.disk_full_refusals,
+            spool_read_failures=self.spool_read_failures,
+            disk_waits=self.disk_waits,
         )
 
     @property

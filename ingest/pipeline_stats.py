@@ -6,7 +6,12 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
-__all__ = ["PipelineState", "PipelineStats"]
+__all__ = ["REFUSING_S", "PipelineState", "PipelineStats"]
+
+# After InfluxDB refuses a batch the pipeline counts as `refusing` (the gateway reports
+# `degraded`) this long: long enough to be seen by someone checking the status or a
+# dashboard that refreshes every 30 s, and it clears by itself once the cause is gone.
+REFUSING_S = 300.0
 
 
 class PipelineState(enum.StrEnum):
@@ -47,6 +52,15 @@ class PipelineStats:
     pending_records: int
     spool_full: int  # 1 while the spool refuses appends
     syncs: int  # group commits (fsyncs) so far
+    refusing: int  # 1 for a while after InfluxDB refused a batch as bad data
+    rejected_files_deleted: int  # saved refused batches deleted to bound <spool>/rejected/
+    rejected_lines_deleted: int  # their lines
+    rejected_unsaved_batches: int  # refused batches that could not be saved at all
+    rejected_unsaved_lines: int  # their lines
+    spool_disk_full: int  # 1 while the spool's disk refuses writes for lack of room
+    spool_disk_full_refusals: int  # writes, creations and fsyncs the disk refused so far
+    spool_read_failures: int  # replay's reads of the spool that failed
+    disk_waits: int  # times replay waited for a full disk to take the write buffer
 
     def gauges(self) -> Iterator[tuple[str, float]]:
         """(name, value) for every numeric field, in field order (`state` is left out)."""

@@ -15,6 +15,15 @@ commit instead of one syscall per message was ~7% of the gateway's time (py-spy)
 `GroupCommitter` lets many concurrent appenders share one `sync()` in a thread. A failed
 write-out keeps the buffer and changes nothing, so the next sync tries it all again.
 
+A full disk (ENOSPC, EDQUOT, EFBIG on a write, a segment's creation or an fsync) raises
+`DiskFull` and sets `disk_full` until a write-out succeeds again. It must never stop the
+spool from draining, which is what frees the disk: the records already in the files are
+split off the active segment into a whole segment of their own (positions do not change;
+the buffered records become the next segment, whose file is created by the next
+write-out), so they can be read, written to InfluxDB and deleted; `sync()` still fsyncs
+them; `read()` and `mark_written()` never need a write to succeed (the mark file is a hint:
+a stale one only replays extra after a restart, so a full disk only delays it).
+
 On open, every segment is scanned and a torn or corrupt tail cut off
 (`ingest.spool_files.recover`), so appends continue cleanly after any crash.
 
@@ -28,15 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Generic, Never, Self, TypeVar, overload
 
-from ingest.errors import CorruptRecordError, SpoolError, SpoolFull
+from ingest.errors import CorruptRecordError, DiskFull, SpoolError, SpoolFull
 from ingest.spool_files import (
+    DISK_FULL_ERRNOS,
     MARK_FILE,
     Segment,
     lock_directory,
@@ -50,10 +59,12 @@ from ingest.spool_record import HEADER_BYTES, MAX_RECORD_BYTES, frame_header, un
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SEGMENT_BYTES",
+    "DISK_FULL_ERRNOS",
     "HEADER_BYTES",
     "MARK_FILE",
     "MAX_RECORD_BYTES",
     "WRITE_BUFFER_BYTES",
+    "DiskFull",
     "GroupCommitter",
     "Spool",
     "SpoolError",
@@ -125,9 +136,11 @@ class Spool:
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
         self._segments: list[Segment] = []
-        self._active_fd: int | None = None  # appends go to the last segment through this
+        self._active: Segment | None = None  # the last segment, while appends go to it
+        self._active_fd: int | None = None  # its file (None until created, after a split)
         self._active_dirty = False
         self._wbuf = bytearray()  # framed records of the active segment, not yet written
+        self._wbuf_records = 0
         self._retired: list[int] = []  # rotated-away descriptors with unsynced data
         self._dir_dirty = False
         self._end = 0  # position after the last record
@@ -138,11 +151,14 @@ class Spool:
         self._pending_records = 0
         self._bytes_used = 0
         self._full = False
+        self._disk_full: OSError | None = None  # the refusal, until a write-out succeeds
+        self._wrote_since_refusal = False
         self._closed = False
         self.corrupt_records = 0
         self.truncated_bytes = 0
         self.appended_records = 0
         self.full_rejections = 0
+        self.disk_full_refusals = 0  # write-outs, creations and fsyncs the disk refused
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_directory(self.directory)
         try:
@@ -167,6 +183,7 @@ class Spool:
         self.truncated_bytes = found.truncated_bytes
         if found.segments and found.segments[-1].end == self._end:
             self._open_active(found.segments[-1], create=False)
+            self._active = found.segments[-1]
 
     def _open_active(self, seg: Segment, *, create: bool) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
@@ -174,13 +191,26 @@ class Spool:
         if create:
             self._dir_dirty = True
 
+    def _retire_active(self) -> None:
+        """Stop appending to the active segment (lock held); its unsynced data awaits fsync."""
+        fd = self._active_fd
+        if fd is not None:
+            if self._active_dirty:
+                self._retired.append(fd)
+            else:
+                os.close(fd)
+        self._active = None
+        self._active_fd = None
+        self._active_dirty = False
+
     # -- appending and syncing ----------------------------------------------------------
 
     def append(self, payload: bytes) -> int:
         """Buffer one record (written out by the next sync) and return its position.
 
-        SpoolFull if there is no room (the cap, or a full disk when the buffer has to be
-        written out); SpoolError if the disk fails. A failed append changes nothing.
+        SpoolFull if there is no room (the cap; `DiskFull` when the buffer has to be
+        written out to a full disk); SpoolError if the disk fails. A failed append changes
+        nothing.
         """
         length = len(payload)
         if length > MAX_RECORD_BYTES:
@@ -193,7 +223,7 @@ class Spool:
                 self._full = True
                 self.full_rejections += 1
                 raise SpoolFull(size, self._bytes_used, self.max_bytes)
-            seg = self._segments[-1] if self._active_fd is not None else None
+            seg = self._active
             if seg is None or (seg.size and seg.size + size > self.segment_bytes):
                 seg = self._rotate()  # writes the buffer out to the old segment first
             elif len(self._wbuf) + size > WRITE_BUFFER_BYTES:
@@ -207,6 +237,7 @@ class Spool:
             self._end += size
             self._bytes_used += size
             self._next_ordinal += 1
+            self._wbuf_records += 1
             self._pending_records += 1
             self._active_dirty = True
             self._full = False
@@ -214,17 +245,25 @@ class Spool:
             return self._end
 
     def _flush(self) -> None:
-        """Write the buffer to the active segment (lock held); on failure keep it, change nothing.
+        """Write the buffer to the active segment (lock held); on failure keep it.
 
         A partial write is cut off again, so the file never holds half a record that a
         later write would follow; the next flush (sync, append, read) tries it all again.
+        A full disk also splits the segment where its file ends (`_split`).
         """
         wbuf = self._wbuf
         if not wbuf:
             return
+        seg = self._active
+        assert seg is not None  # the buffer belongs to the active segment
+        if self._active_fd is None:  # split off by a full disk: the file comes now
+            try:
+                self._open_active(seg, create=True)
+            except OSError as exc:
+                raise self._refused(exc, f"cannot create spool segment {seg.path.name}") from exc
         fd = self._active_fd
-        assert fd is not None  # the buffer belongs to the active segment
-        on_disk = self._segments[-1].size - len(wbuf)
+        assert fd is not None
+        on_disk = seg.size - len(wbuf)
         view = memoryview(wbuf)
         try:
             done = 0
@@ -233,42 +272,76 @@ class Spool:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, on_disk)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._full = True
-                self.full_rejections += 1
-                raise SpoolFull(len(wbuf), self._bytes_used, self.max_bytes) from exc
-            raise SpoolError(f"spool write failed: {exc}") from exc
+            refusal = self._refused(exc, "spool write failed")
+            if isinstance(refusal, DiskFull) and on_disk:
+                self._split(on_disk)
+            raise refusal from exc
         finally:
             view.release()
         wbuf.clear()
+        self._wbuf_records = 0
+        self._active_dirty = True
+        self._wrote_since_refusal = True
+
+    def _refused(self, exc: OSError, what: str) -> SpoolError:
+        """The error for a failed write, creation or fsync (lock held): DiskFull for no room."""
+        if exc.errno in DISK_FULL_ERRNOS:
+            self._disk_full = exc
+            self._wrote_since_refusal = False
+            self.disk_full_refusals += 1
+            return DiskFull(exc, self._bytes_used)
+        return SpoolError(f"{what}: {exc}")
+
+    def _split(self, on_disk: int) -> None:
+        """Cut the active segment where its file ends (lock held; the disk is full).
+
+        The part in the file becomes a whole segment, which replay can read and the mark
+        delete (freeing the disk); the buffered records become the next segment, whose
+        file the next write-out creates. Positions do not change.
+        """
+        old = self._active
+        assert old is not None
+        base = old.base + on_disk
+        rest = Segment(base=base, path=self.directory / segment_name(base),
+                       size=old.size - on_disk, records=self._wbuf_records)
+        old.size = on_disk
+        old.records -= self._wbuf_records
+        self._retire_active()
+        self._segments.append(rest)
+        self._active = rest
 
     def _rotate(self) -> Segment:
         """Start a new segment at the end (lock held); the old one awaits its fsync."""
-        if self._active_fd is not None:
+        if self._active is not None:
             self._flush()  # the buffer belongs to the old segment
-            if self._active_dirty:
-                self._retired.append(self._active_fd)
-            else:
-                os.close(self._active_fd)
-            self._active_fd = None
-            self._active_dirty = False
+            self._retire_active()
         seg = Segment(base=self._end, path=self.directory / segment_name(self._end))
         try:
             self._open_active(seg, create=True)
         except OSError as exc:  # the next append tries again: nothing else has changed
-            raise SpoolError(f"cannot create spool segment {seg.path.name}: {exc}") from exc
+            raise self._refused(exc, f"cannot create spool segment {seg.path.name}") from exc
         self._segments.append(seg)
+        self._active = seg
         return seg
 
     def sync(self) -> None:
-        """Make every record appended so far durable (blocking: run it in a thread)."""
+        """Make every record appended so far durable (blocking: run it in a thread).
+
+        If the buffer cannot be written out (a full disk), what the files already hold is
+        still made durable, and then the write-out's error raised.
+        """
         with self._lock:
             target = self._end
             if target <= self._synced:
                 return
             if self._closed:  # close() synced, or failed to: never report unsynced data as safe
                 raise SpoolError("spool is closed")
-            self._flush()
+            refused: SpoolError | None = None
+            try:
+                self._flush()
+            except SpoolError as exc:
+                refused = exc
+                target = self._end - len(self._wbuf)  # the files hold all before the buffer
             retired, self._retired = self._retired, []
             active = -1
             if self._active_fd is not None and self._active_dirty:
@@ -291,7 +364,7 @@ class Spool:
                 self._retired[:0] = retired
                 self._active_dirty = self._active_dirty or active >= 0
                 self._dir_dirty = self._dir_dirty or dir_dirty
-            raise SpoolError(f"spool fsync failed: {exc}") from exc
+                raise self._refused(exc, "spool fsync failed") from exc
         finally:
             if active >= 0:
                 os.close(active)
@@ -299,15 +372,27 @@ class Spool:
             os.close(fd)
         with self._lock:
             self._synced = max(self._synced, target)
+            if refused is None and self._wrote_since_refusal:
+                self._disk_full = None  # written out and fsynced: the disk has room again
+        if refused is not None:
+            raise refused
 
     # -- reading and marking ------------------------------------------------------------
 
     def read(self, after: int, max_bytes: int) -> list[tuple[int, bytes]]:
-        """Records after position `after`, oldest first, about `max_bytes` of payload (≥ 1)."""
+        """Records after position `after`, oldest first, about `max_bytes` of payload (≥ 1
+        if the files hold any).
+
+        Buffered records are written out first; if the disk is full, the read returns what
+        the files hold (a full disk must not stop replay: replay is what frees it).
+        """
         with self._lock:
             if not self._closed:
-                self._flush()  # the files must hold every record the sizes below count
-            view = [(s.base, s.path, s.size) for s in self._segments if s.end > after]
+                with contextlib.suppress(DiskFull):
+                    self._flush()
+            in_files = self._end - len(self._wbuf)
+            view = [(s.base, s.path, min(s.size, in_files - s.base))
+                    for s in self._segments if s.end > after and s.base < in_files]
         return read_records(view, after, max_bytes, self._lost_tail)
 
     def _lost_tail(self, base: int, offset: int, problem: str) -> None:
@@ -316,7 +401,7 @@ class Spool:
             seg = next((s for s in self._segments if s.base == base and s.size > offset), None)
             if seg is None:
                 return  # already handled, or the segment is gone
-            if seg is self._segments[-1] and self._active_fd is not None:
+            if seg is self._active:
                 self._rotate()  # appends must not land behind the cut
             lost = seg.size - offset
             seg.size = offset
@@ -340,7 +425,6 @@ class Spool:
                 return
             if upto > self._end:
                 raise ValueError(f"position {upto} is beyond the spool's end {self._end}")
-            self._flush()  # the mark reads a record header from the file
             try:
                 ordinal = self._ordinal_ending_at(upto)
             except OSError as exc:
@@ -350,22 +434,40 @@ class Spool:
             self._mark_ordinal = ordinal
             self._pending_records = max(0, self._pending_records - marked)
             try:
-                write_mark(self.directory, upto, ordinal)
+                # segments first: on a full disk the mark file needs the room they free
                 while self._segments and self._segments[0].end <= upto:
                     seg = self._segments[0]
-                    if len(self._segments) == 1 and self._active_fd is not None:
-                        os.close(self._active_fd)  # a sync in flight holds its own duplicate
+                    if seg is self._active:  # everything appended is in InfluxDB
+                        fd = self._active_fd
+                        if fd is not None:
+                            os.close(fd)  # a sync in flight holds its own duplicate
+                        self._active = None
                         self._active_fd = None
                         self._active_dirty = False
+                        self._wbuf.clear()  # buffered records too: no need to write them now
+                        self._wbuf_records = 0
                     seg.path.unlink(missing_ok=True)
                     self._segments.pop(0)
                     self._bytes_used -= seg.size
                     self._full = False
+                write_mark(self.directory, upto, ordinal)
             except OSError as exc:
-                raise SpoolError(f"spool mark failed: {exc}") from exc
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise SpoolError(f"spool mark failed: {exc}") from exc
+                # a stale mark file replays a little more after a restart; the next mark
+                # writes it again (at the latest once InfluxDB has freed a segment)
 
     def _ordinal_ending_at(self, upto: int) -> int:
         """The ordinal of the record ending at `upto` (lock held): the next one's minus one."""
+        if upto == self._end:
+            return self._next_ordinal - 1
+        in_files = self._end - len(self._wbuf)
+        if upto >= in_files:  # the next record is still in the write buffer
+            at = upto - in_files
+            try:
+                return unpack_header(bytes(self._wbuf[at:at + HEADER_BYTES])).ordinal - 1
+            except CorruptRecordError:
+                raise ValueError(f"position {upto} is not a record boundary") from None
         for seg in self._segments:
             if seg.end > upto:
                 offset = max(0, upto - seg.base)
@@ -386,6 +488,23 @@ class Spool:
     bytes_used = _ReadOnly[int]("_bytes_used", "Bytes of records on disk, what `max_bytes` caps.")
     records_pending = _ReadOnly[int]("_pending_records", "Records not yet in InfluxDB.")
     full = _ReadOnly[bool]("_full", "An append was refused for lack of room and none made since.")
+
+    @property
+    def disk_full(self) -> bool:
+        """The disk refused a write (no room) and none has been written out and fsynced since."""
+        return self._disk_full is not None
+
+    @property
+    def disk_full_reason(self) -> str:
+        """How the disk refused the latest write while `disk_full` ("" otherwise)."""
+        exc = self._disk_full
+        return "" if exc is None else f"{exc.strerror or exc} (errno {exc.errno})"
+
+    @property
+    def in_files_position(self) -> int:
+        """Everything up to here is in the segment files (the rest waits in the write buffer)."""
+        with self._lock:
+            return self._end - len(self._wbuf)
 
     @property
     def pending_bytes(self) -> int:

@@ -14,6 +14,7 @@ owns the live segments, is `ingest.spool.Spool`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -26,6 +27,7 @@ from ingest.errors import CorruptRecordError, SpoolError
 from ingest.spool_record import HEADER_BYTES, read_header, read_payload, upgrade_payload
 
 __all__ = [
+    "DISK_FULL_ERRNOS",
     "LOCK_FILE",
     "MARK_FILE",
     "SEGMENT_SUFFIX",
@@ -46,6 +48,9 @@ LOCK_FILE = "LOCK"
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _MARK_FORMAT = "cuffwatch-spool-mark 1 {position} {ordinal}\n"
 _MARK_PARSE = re.compile(r"^cuffwatch-spool-mark 1 (\d+) (\d+)\n?$")
+# How a filesystem says "no room" (quota, or a file-size limit: RLIMIT_FSIZE, the
+# filesystem's largest file): the spool holds its records and tries again (`DiskFull`).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(slots=True)
@@ -230,7 +235,15 @@ def recover(directory: Path) -> Recovery:
         else:
             out.segments.append(seg)
     if stored is None or stored[0] != out.mark:
-        write_mark(directory, out.mark, out.mark_ordinal)
+        try:
+            write_mark(directory, out.mark, out.mark_ordinal)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            # a full disk must not keep the gateway from starting: the stale mark replays
+            # a little more, and the first mark after a write tries again
+            log.warning("spool %s: cannot rewrite %s (%s): disk full", directory, MARK_FILE,
+                        exc.strerror)
     if out.corrupt_records or out.segments:
         pending_bytes = sum(s.end - max(s.base, out.mark) for s in out.segments)
         log.info(

@@ -278,6 +278,11 @@ def seed_lines() -> list[str]:
                         ("written", 90 * n),
                         ("rejected", 10 * n),
                         ("duplicates", 2 * n),
+                        # InfluxDB refused 3 lines a point from the 20th on; gw-1 dropped
+                        # the 12 of the oldest saved batch file at the 25th
+                        ("refused", 3 * max(0, n - 19)),
+                        ("refused_batches", max(0, n - 19)),
+                        ("refused_dropped", 12 if instance == "gw-1" and k >= 25 else 0),
                         ("spooled", 0),
                         ("spool_bytes", 1000 * k),
                         ("alerts_open", 2),
@@ -331,8 +336,8 @@ def test_every_query_of_every_dashboard_runs_and_returns_data(
             assert frames, f"{relpath} {where}: no data for {query}"
             ran += 1
     # per team: live 4 panels + annotation, history 6 panels ($athlete is a custom variable,
-    # no query); the gateway 5 panels + its variable
-    assert ran == 2 * 5 + 2 * 6 + 6
+    # no query); the gateway 6 panels + its variable
+    assert ran == 2 * 5 + 2 * 6 + 7
 
 
 def test_a_configured_retention_policy_is_named_in_every_query(
@@ -658,3 +663,16 @@ def test_gateway_spool_lag_and_open_alerts(
     assert [r["lag_ms"] for r in frame.rows] == [5 + k % 3 for k in range(GATEWAY_POINTS)]
     (frame,) = run(influxdb, seeded, only.expand(target(panel(gateway, "Open alerts"))))
     assert {r["alerts_open"] for r in frame.rows} == {2}
+
+
+def test_gateway_refused_lines_per_interval_turn_red_from_one(
+    influxdb: InfluxDB1Server, seeded: str, boards: dict[str, dict[str, Any]]
+) -> None:
+    """Lines InfluxDB refused and lines dropped from rejected/, per 10 s; red from the first."""
+    refused = panel(boards["gateway/gateway.json"], "Refused by InfluxDB")
+    only = GATEWAY.with_vars(instance=["gw-1"])
+    (frame,) = run(influxdb, seeded, only.expand(target(refused)))
+    assert [r["refused"] for r in frame.rows] == [0] * 19 + [3] * 10
+    assert [r["refused_dropped"] for r in frame.rows] == [0] * 24 + [12] + [0] * 4
+    steps = refused["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["value"], s["color"]) for s in steps] == [(None, "green"), (1, "red")]

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,24 +101,29 @@ def parse_metrics(text: str) -> dict[str, float]:
 class GatewayProcess:
     """`cuffwatch [OPTIONS] run -c FILE` in its own process; restartable after a stop or kill.
 
-    Output goes to `log_path` (appended, so a restart keeps the earlier run's lines).
+    Output goes to `log_path` (appended, so a restart keeps the earlier run's lines); with
+    `log_pipe`, through a pipe the parent copies to it (a gateway under a file-size limit
+    cannot write a log file of its own).
     """
 
     def __init__(self, config: Path, health_port: int, log_path: Path, *,
-                 options: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+                 options: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 log_pipe: bool = False) -> None:
         """A gateway for `config`, whose health server listens on `health_port`."""
         self.config = config
         self.health_port = health_port
         self.log_path = log_path
         self.options = tuple(options)  # global options before `run`, e.g. ("-v",)
         self.env = dict(env or {})
+        self.log_pipe = log_pipe
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
+        self._copier: threading.Thread | None = None
 
     @classmethod
     def for_settings(cls, settings: Settings, directory: Path, name: str = "gateway", *,
                      options: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                     ) -> GatewayProcess:
+                     log_pipe: bool = False) -> GatewayProcess:
         """Write `directory/NAME.toml` from settings and log to `directory/NAME.log`.
 
         Settings whose health port is 0 get a free one (the launcher must know it).
@@ -127,7 +133,8 @@ class GatewayProcess:
             health = settings.health.model_copy(update={"port": port})
             settings = settings.model_copy(update={"health": health})
         config = write_config(directory / f"{name}.toml", settings)
-        return cls(config, port, directory / f"{name}.log", options=options, env=env)
+        return cls(config, port, directory / f"{name}.log", options=options, env=env,
+                   log_pipe=log_pipe)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -135,14 +142,37 @@ class GatewayProcess:
         """Spawn the process; readiness is `wait_ready` (or await `started()`)."""
         if self.running:
             raise GatewayProcessError(f"gateway already running (pid {self.pid})")
+        command = [*cuffwatch_command(), *self.options, "run", "-c", str(self.config)]
+        if self.log_pipe:
+            self.spawned_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, cwd=REPO, env=child_env(self.env),
+            )
+            self._copier = threading.Thread(target=self._copy_log, args=(self.proc,),
+                                            name="gateway-log", daemon=True)
+            self._copier.start()
+            return self
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.spawned_at = time.monotonic()
             self.proc = subprocess.Popen(
-                [*cuffwatch_command(), *self.options, "run", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=REPO, env=child_env(self.env),
             )
         return self
+
+    def _copy_log(self, proc: subprocess.Popen[bytes]) -> None:
+        """Copy the child's output to the log file, a line at a time, until it closes."""
+        assert proc.stdout is not None
+        with proc.stdout, self.log_path.open("ab") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+
+    def _join_log(self) -> None:
+        """Wait for the copier to reach the end of the child's output (after it exited)."""
+        if self._copier is not None:
+            self._copier.join(5.0)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S, interval: float = READY_POLL_S
                    ) -> float:
@@ -174,7 +204,9 @@ class GatewayProcess:
         proc = self._proc()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout)
+        code = proc.wait(timeout)
+        self._join_log()
+        return code
 
     async def terminated(self, within_s: float = STOP_TIMEOUT_S) -> int:
         """`terminate` off the event loop (for async tests)."""
@@ -185,6 +217,7 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._join_log()
 
     def stop(self) -> None:
         """SIGTERM (drain and flush), SIGKILL if it does not exit in time; idempotent."""

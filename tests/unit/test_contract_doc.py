@@ -22,6 +22,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -497,6 +498,26 @@ def test_storage_table_matches_what_is_written(doc: str) -> None:
             f"{DOC_NAME}: `{measurement}` fields {sorted(names(cells[2]))}, "
             f"written {sorted(fields)}"
         )
+
+
+def test_gateway_stats_fields_are_what_the_gateway_writes(doc: str, tmp_path: Path) -> None:
+    from gateway.app import Gateway
+    from tests.support.harness import gateway_settings
+
+    settings = gateway_settings(broker_url="mqtt://127.0.0.1:1", topic_root="bfr",
+                                spool_dir=tmp_path / "spool", teams={})
+    gw = Gateway(settings, health=False)
+    try:
+        measurement, tags, fields = _keys_of_line(gw._stats_line())
+    finally:
+        gw.spool.close()
+    rows = {cells[0].strip("`"): cells
+            for cells in table_rows(section(doc, "Stored data (InfluxDB)"))}
+    documented = {n.strip() for n in rows[measurement][2].split(",")}
+    assert (measurement, tags) == (lineproto.GATEWAY_STATS, {"instance"})
+    assert documented == fields, (
+        f"{DOC_NAME}: `gateway_stats` fields {sorted(documented)}, written {sorted(fields)}"
+    )
 
 
 # -- numbers the prose states ------------------------------------------------------------------

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ingest.errors import RejectedBatchError
 from ingest.pipeline import IngestPipeline, PipelineState, PipelineStats
 from ingest.sinks import FileSink, InfluxV1Sink, Sink
 from ingest.spool import Spool, SpoolFull
@@ -31,7 +33,9 @@ STATS_KEYS = [
     "failed_batches", "replayed_lines", "rejected_lines", "rejected_batches",
     "last_batch_latency_s", "buffered_lines", "in_flight_lines", "buffered_bytes", "tail_lines",
     "max_buffer_lines", "spills", "spooled_bytes", "pending_bytes", "pending_records",
-    "spool_full", "syncs",
+    "spool_full", "syncs", "refusing", "rejected_files_deleted", "rejected_lines_deleted",
+    "rejected_unsaved_batches", "rejected_unsaved_lines", "spool_disk_full",
+    "spool_disk_full_refusals", "spool_read_failures", "disk_waits",
 ]
 
 
@@ -198,3 +202,86 @@ async def test_memory_mode_resumes_when_the_stream_runs_near_the_sinks_capacity(
         await until(lambda: spool.records_pending == 0, "all written")
     written = b"".join(p.read_bytes() for p in sorted((tmp_path / "lp").glob("*.lp")))
     assert written.count(b"cuff_telemetry") == stream.next_seq
+
+
+# -- batches InfluxDB refuses ----------------------------------------------------------------------
+
+REFUSED_MARK = b"refuse_me"
+
+
+class _RefusingSink:
+    """Our FileSink behind InfluxDB's partial write: lines holding REFUSED_MARK are refused
+    (as a field type conflict is), the rest of the batch is stored, and the batch is
+    reported as rejected with the count."""
+
+    def __init__(self, directory: Path) -> None:
+        self.inner = FileSink(directory)
+
+    async def write(self, body: bytes, lines: int) -> None:
+        good = [ln for ln in body.splitlines(keepends=True) if REFUSED_MARK not in ln]
+        if good:
+            await self.inner.write(b"".join(good), len(good))
+        if len(good) < lines:
+            raise RejectedBatchError("partial write: field type conflict", status=400,
+                                     rejected_lines=lines - len(good))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def refused_chunk(k: int) -> bytes:
+    """Nine good lines and one InfluxDB refuses."""
+    return chunk(10 * k, 9) + REFUSED_MARK + b" v=1i %d\n" % k
+
+
+async def test_refused_batches_are_loud_and_rejected_files_are_deleted_only_with_a_count(
+    spool: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    pipeline = IngestPipeline(spool, _RefusingSink(tmp_path / "lp"), batch_lines=10,
+                              batch_interval_s=0.02, rejected_max_files=3, refusing_s=0.5)
+    assert not pipeline.refusing
+
+    def refused(n: int) -> Callable[[], bool]:
+        return lambda: pipeline.rejected_batches == n
+
+    async with running(pipeline):
+        for k in range(5):
+            await pipeline.submit(refused_chunk(k), 10)
+            await until(refused(k + 1), "batch refused")
+            assert pipeline.refusing  # the gateway reports `degraded` meanwhile
+        await until(lambda: spool.records_pending == 0, "passed over, never blocking")
+        stats = pipeline.snapshot()
+        assert (stats.rejected_batches, stats.rejected_lines, stats.refusing) == (5, 5, 1)
+        assert stats.written_lines == 45  # a partial write keeps the good lines
+        # rejected/ holds the newest 3; the 2 deleted are counted, lines and all, and logged
+        saved = sorted((spool.directory / "rejected").glob("rejected-*.lp"))
+        assert [p.read_bytes().count(REFUSED_MARK) for p in saved] == [1, 1, 1]
+        assert [b"%s v=1i %d" % (REFUSED_MARK, k) in p.read_bytes()
+                for k, p in zip((2, 3, 4), saved, strict=True)] == [True] * 3
+        assert (stats.rejected_files_deleted, stats.rejected_lines_deleted) == (2, 20)
+        assert (stats.rejected_unsaved_batches, stats.rejected_unsaved_lines) == (0, 0)
+        await until(lambda: not pipeline.refusing, "refusing ends by itself")
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("InfluxDB rejected 1 of 10 line(s)" in m for m in logged) == 5
+    deletions = [m for m in logged if "oldest refused batch file(s)" in m]
+    assert len(deletions) == 2
+    assert "2 file(s), 20 line(s) deleted so far" in deletions[-1]
+
+
+async def test_a_refused_batch_that_cannot_be_saved_is_counted(
+    spool: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where rejected/ should be")
+    pipeline = IngestPipeline(spool, _RefusingSink(tmp_path / "lp"), batch_lines=10,
+                              batch_interval_s=0.02, rejected_dir=blocker / "rejected")
+    async with running(pipeline):
+        await pipeline.submit(refused_chunk(0), 10)
+        # counted as refused first, then the save is tried (off the loop): wait for its end
+        await until(lambda: pipeline.snapshot().rejected_unsaved_batches == 1, "save failed")
+        stats = pipeline.snapshot()
+        assert pipeline.rejected_batches == 1
+        assert (stats.rejected_unsaved_batches, stats.rejected_unsaved_lines) == (1, 10)
+        assert stats.refusing == 1
+    assert any("could not be saved" in r.getMessage() for r in caplog.records)

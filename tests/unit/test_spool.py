@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import struct
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.errors import CorruptRecordError
+from ingest.errors import CorruptRecordError, DiskFull
 from ingest.spool import GroupCommitter, Spool, SpoolError, SpoolFull
 from ingest.spool_files import MARK_FILE, segment_name
 from ingest.spool_record import (
@@ -29,6 +30,7 @@ from ingest.spool_record import (
     read_payload,
 )
 from tests.support.paths import REPO
+from tests.support.small_disk import refusing_writes
 
 
 def payloads(n: int, size: int = 50) -> list[bytes]:
@@ -482,3 +484,90 @@ def test_a_failed_write_out_keeps_every_record_for_the_next_sync(tmp_path: Path)
         got = [p for _, p in spool.read(0, 1 << 20)]
         assert got == [b"a" * 10] + [f"b{i}".encode() for i in range(50)]
         assert spool.corrupt_records == 0
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+
+
+def test_a_full_disk_splits_the_segment_so_what_is_on_disk_drains_and_frees_it(
+    tmp_path: Path,
+) -> None:
+    with Spool(tmp_path) as spool:
+        on_disk = [spool.append(f"a{i}".encode()) for i in range(5)]
+        assert len(spool.read(0, 1 << 20)) == 5  # written out (not fsynced yet)
+        buffered = [spool.append(f"b{i}".encode()) for i in range(5)]
+        with refusing_writes():
+            with pytest.raises(DiskFull) as info:
+                spool.sync()
+            assert info.value.errno == errno.EFBIG
+            assert spool.disk_full
+            refusals = spool.disk_full_refusals
+            # what the file held is durable, the buffer is not
+            assert spool.synced_position == on_disk[-1]
+            assert spool.in_files_position == on_disk[-1]
+            # the file's records are a segment of their own: readable without a write, and
+            # deleted once InfluxDB has them (the room the buffer then takes)
+            assert [p for _, p in spool.read(0, 1 << 20)] == [f"a{i}".encode() for i in range(5)]
+            assert spool.segment_count == 2
+            spool.mark_written(on_disk[-1])  # its mark file cannot be written: a hint only
+            # left: the buffer's segment, its file created and still empty
+            [rest] = segment_files(tmp_path)
+            assert (rest.name, rest.stat().st_size) == (segment_name(on_disk[-1]), 0)
+            with pytest.raises(DiskFull):
+                spool.sync()
+            assert spool.disk_full_refusals > refusals
+            assert spool.synced_position == on_disk[-1]
+        assert spool.disk_full  # nothing written yet
+        spool.sync()  # the buffered records' own segment is created and written
+        assert (spool.disk_full, spool.synced_position) == (False, buffered[-1])
+        assert [f.name for f in segment_files(tmp_path)] == [segment_name(on_disk[-1])]
+    with Spool(tmp_path) as spool:
+        assert [p for _, p in spool.read(0, 1 << 20)] == [f"b{i}".encode() for i in range(5)]
+
+
+def test_a_full_disk_refuses_appends_past_the_buffer_and_changes_nothing(tmp_path: Path) -> None:
+    from ingest.spool import WRITE_BUFFER_BYTES
+
+    with Spool(tmp_path) as spool:
+        spool.append(b"x" * 100)
+        spool.sync()
+        record = b"y" * 4000
+        appended = 0
+        with refusing_writes():
+            for _ in range(WRITE_BUFFER_BYTES // (HEADER_BYTES + len(record))):
+                spool.append(record)
+                appended += 1
+            end = spool.end_position
+            with pytest.raises(DiskFull):
+                spool.append(record)  # the buffer is full and cannot be written out
+            assert spool.end_position == end
+        end = spool.end_position
+        assert not spool.full  # the cap is another state
+        spool.sync()
+        assert spool.synced_position == end
+    with Spool(tmp_path) as spool:
+        assert [p for _, p in spool.read(0, 1 << 30)] == [b"x" * 100] + [record] * appended
+
+
+def test_a_mark_past_the_buffer_of_a_full_disk_drops_it(tmp_path: Path) -> None:
+    # InfluxDB took records that never reached the disk (memory mode): they are stored, so
+    # they need no room on disk, and what waited for them is durable.
+    with Spool(tmp_path) as spool:
+        spool.append(b"a")
+        spool.sync()
+        positions = [spool.append(f"b{i}".encode()) for i in range(3)]
+        with refusing_writes():
+            with pytest.raises(DiskFull):
+                spool.sync()
+            spool.mark_written(positions[1])  # the mark reads a header from the buffer
+            spool.mark_written(positions[-1])
+        assert spool.records_pending == 0
+        assert segment_files(tmp_path) == []
+        spool.sync()
+        assert spool.synced_position == positions[-1]
+        assert spool.disk_full  # nothing was written: the disk has not said it has room
+        later = spool.append(b"c")
+        spool.sync()
+        assert (spool.disk_full, spool.synced_position) == (False, later)
+        assert [p for _, p in spool.read(positions[-1], 1 << 20)] == [b"c"]
+        assert spool.end_position == later
