@@ -30,7 +30,7 @@ async def test_a_batch_influxdb_refuses_is_loud_counted_and_saved(
     # battery_pct stored as a string in this shard: every reading with a battery level
     # (c1's) now conflicts; c2 reports none, so its lines are fine
     influxdb.write(influx_db, "cuff_telemetry,athlete=a-17,cuff=c1,limb=left_leg,team=t1 "
-                              f'battery_pct="broken" {now - 60_000}')
+                              f'battery_pct="broken" {now - 60_000}', precision="ms")
     settings = settings_against(mosquitto, influxdb, influx_db, topic_root, tmp_path,
                                 teams=TEAMS, instance="gw-refused")
     status = f"{topic_root}/_gateway/gw-refused/status"
