@@ -140,15 +140,6 @@ def local_time(epoch_ms: int, zone: tzinfo, *, day_of: int | None = None) -> str
     return at.strftime("%H:%M")
 
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "?"
-    if abs(x) >= 1e9:  # an absurd value a device sent: short, not 300 digits
-        return f"{x:.3g}"
-    text = f"{x:.1f}"
-    return text[:-2] if text.endswith(".0") else text
-
-
 def _quantity(x: float | None, unit: str | None) -> str:
     """A value in its row's unit, as a physio reads it: `320.5 mmHg`, `20 min`, `12 %`."""
     if x is None:
@@ -156,8 +147,8 @@ def _quantity(x: float | None, unit: str | None) -> str:
     if unit == "s":
         return duration(x)
     if unit in ("mmHg", "%"):
-        return f"{_num(x)} {unit}"
-    return _num(x)  # counts (bouts) and unit-less numbers
+        return f"{rules.number(x)} {unit}"
+    return rules.number(x)  # counts (bouts) and unit-less numbers
 
 
 def row_of(a: Alert) -> tuple[Row | None, str | None]:

@@ -157,7 +157,7 @@ def _set_apart(ev: CuffEvidence) -> str | None:
     own, target = ev.device_target, ev.target
     if own is None or target is None or abs(own - target) < TARGET_DIFFERS_MMHG:
         return None
-    return f"cuff set to {_num(own)}, prescribed {_num(target)}"
+    return f"cuff set to {number(own)}, prescribed {number(target)}"
 
 
 def judge_under_pressure(ev: CuffEvidence, p: RuleParams, now: float) -> Judgement:
@@ -296,7 +296,8 @@ ON_TICK: Final[Mapping[AlertKind, Judge]] = {
 # -- messages ----------------------------------------------------------------------------------
 
 
-def _num(x: float | None) -> str:
+def number(x: float | None) -> str:
+    """A value as staff read it: 0.1 resolution, no trailing .0, absurd ones short."""
     if x is None:
         return "?"
     if abs(x) >= 1e9:  # an absurd value a device sent: short, not 300 digits
@@ -328,7 +329,7 @@ MESSAGES: Final[Mapping[str, str]] = {
     "session_bouts": "{who} bout {v} within 60 min (limit {t})",
     "offline": "{who} cuff silent for {v} s while inflated (limit {t} s)",
     "implausible": f"{{who}} cuff sensor reads {{v}} mmHg, outside the plausible "
-                   f"{_num(PLAUSIBLE_MIN_MMHG)} to {_num(PLAUSIBLE_MAX_MMHG)}",
+                   f"{number(PLAUSIBLE_MIN_MMHG)} to {number(PLAUSIBLE_MAX_MMHG)}",
     "elapsed_backwards": "{who} cuff elapsed time went back from {t} s to {v} s",
     "seq_backwards": "{who} cuff sequence number went backwards",
     "battery_low": "{who} cuff battery at {v} % (limit {t} %)",
@@ -345,7 +346,7 @@ def _describe(row: Row | None, who: str, value: float | None, threshold: float |
         template = OFFLINE_STATUS_MESSAGE
     else:
         template = MESSAGES[row.key]
-    return template.format(who=who, v=_num(value), t=_num(threshold))
+    return template.format(who=who, v=number(value), t=number(threshold))
 
 
 # -- push words ------------------------------------------------------------------------------
@@ -366,19 +367,20 @@ class PushWords(NamedTuple):
 
 _BACK_WITHIN: Final = "pressure back within limits"
 _DEFLATED: Final = "cuff deflated"
-_NO_FAULT: Final = f"no fault for {_num(SENSOR_FAULT_CLEAR_S)} s"
+_NO_FAULT: Final = f"no fault for {number(SENSOR_FAULT_CLEAR_S)} s"
 _CHECK_CUFF: Final = "Check the cuff; restart it if this goes on"
 PUSH_WORDS: Final[Mapping[str, PushWords]] = {
     "hard_ceiling": PushWords(
         "Pressure too high", "{cuff} at {v}, limit {t}", "Deflate the cuff now", _BACK_WITHIN),
     "lop_mean": PushWords(
-        "Pressure at or above LOP", f"{{cuff}} at {{v}} for {_num(LOP_MEAN_WINDOW_S)} s, LOP {{t}}",
+        "Pressure at or above LOP",
+        f"{{cuff}} at {{v}} for {number(LOP_MEAN_WINDOW_S)} s, LOP {{t}}",
         "Deflate the cuff now", _BACK_WITHIN),
     "above_band": PushWords(
-        "Pressure above target", f"{{cuff}} at {{v}} for {_num(MEAN_WINDOW_S)} s, limit {{t}}",
+        "Pressure above target", f"{{cuff}} at {{v}} for {number(MEAN_WINDOW_S)} s, limit {{t}}",
         "Lower the cuff to its prescribed pressure", _BACK_WITHIN),
     "below_band": PushWords(
-        "Pressure below target", f"{{cuff}} at {{v}} for {_num(MEAN_WINDOW_S)} s, minimum {{t}}",
+        "Pressure below target", f"{{cuff}} at {{v}} for {number(MEAN_WINDOW_S)} s, minimum {{t}}",
         "Check the cuff and its fit: leak or slipped cuff",
         "pressure back in range, or cuff deflated"),
     "bout_warn": PushWords(
@@ -401,8 +403,8 @@ PUSH_WORDS: Final[Mapping[str, PushWords]] = {
         "Check the cuff now; deflate it by hand if needed", "a reading arrived"),
     "implausible": PushWords(
         "Cuff sensor fault",
-        f"{{cuff}} sensor reads {{v}}, outside {_num(PLAUSIBLE_MIN_MMHG)} to "
-        f"{_num(PLAUSIBLE_MAX_MMHG)} mmHg",
+        f"{{cuff}} sensor reads {{v}}, outside {number(PLAUSIBLE_MIN_MMHG)} to "
+        f"{number(PLAUSIBLE_MAX_MMHG)} mmHg",
         "Check the cuff; swap it if this goes on", _NO_FAULT),
     "elapsed_backwards": PushWords(
         "Cuff timer fault", "{cuff} bout timer went back from {t} to {v}", _CHECK_CUFF, _NO_FAULT),
@@ -410,7 +412,7 @@ PUSH_WORDS: Final[Mapping[str, PushWords]] = {
         "Cuff data fault", "{cuff} reading counter went backwards", _CHECK_CUFF, _NO_FAULT),
     "battery_low": PushWords(
         "Cuff battery low", "{cuff} battery at {v}, limit {t}", "Swap or charge the battery",
-        f"battery back at {_num(BATTERY_OK_PCT)} % or more"),
+        f"battery back at {number(BATTERY_OK_PCT)} % or more"),
 }
 # cuff_offline from the cuff's own "offline" status: no threshold, the silence so far
 OFFLINE_STATUS_PUSH: Final = PUSH_WORDS["offline"]._replace(
