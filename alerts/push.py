@@ -34,6 +34,12 @@ Policies (each count is in `stats()`):
   `failing_routes()` until its next success.
 - critical alerts use each service's highest priority (ntfy `max`, Pushover `emergency`,
   …) unless the route's URL sets a priority of its own; resolutions use the URL as given.
+- one-tap acknowledgement (`ack`, alerts.ackpush): each attempt at a push about a firing
+  alert signs a link of its own, for the route's `person`; the route's service carries it
+  (an ntfy button, Pushover's receipt callback or supplementary URL, a JSON field, a line of
+  text). Emergency-priority Pushover pushes with a callback are sent by alerts.pushover in
+  the event loop (aiohttp), everything else by Apprise in the route's thread; retries,
+  timeouts and the rate limit are the same for both.
 
 Pushes are best effort: pending ones are not persisted and `aclose()` drops them. MQTT
 (retained alert topics) and InfluxDB carry every alert durably.
@@ -44,8 +50,10 @@ named by their label (`t1/0-ntfy`). Apprise's own DEBUG log prints request heade
 
 Where things are: `alerts.routes` (RouteSpec, labels, routes from the configuration, the
 critical priority of a URL), `alerts.render` (what a push says), `alerts.route_queue` (one
-route's selection, queue, rate limit and counters), `alerts.errors`, and here the dispatcher
-and its workers (retries, backoff, the per-attempt timeout).
+route's selection, queue, rate limit and counters), `alerts.ackpush` (ack links and how each
+service carries one), `alerts.pushover` (the emergency sends Apprise cannot make),
+`alerts.errors`, and here the dispatcher and its workers (retries, backoff, the per-attempt
+timeout).
 """
 
 from __future__ import annotations
@@ -54,17 +62,20 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import apprise
 
+from alerts import pushover
+from alerts.ackpush import AckLinks, AckPlan, wants_ack
 from alerts.errors import PushConfigError, PushError, PushFailedError, PushTimeoutError
 from alerts.model import Transition
 from alerts.notify import RouteStats
 from alerts.render import Directory, PushMessage, render
 from alerts.route_queue import FAILING_AFTER_FAILURES, QueuedPush, RouteQueue, about, is_critical
-from alerts.routes import RouteSpec, routes_from_settings
+from alerts.routes import RouteSpec, load_apprise, routes_from_settings
 from core.backoff import backoff_delays
 
 if TYPE_CHECKING:  # alerts/ imports core.model only at run time (docs/architecture.md)
@@ -140,8 +151,20 @@ def _open_routes(
     return by_team
 
 
-def _send_blocking(obj: apprise.Apprise, message: PushMessage) -> None:
-    """One delivery attempt, run in the route's thread; raises PushFailedError if not delivered."""
+_NO_ACK = AckPlan()
+
+
+def _send_blocking(service: apprise.Apprise | dict[str, Any], message: PushMessage) -> None:
+    """One delivery attempt, run in the route's thread; raises PushFailedError if not delivered.
+
+    `service`: the route's Apprise object, or its service fields with a push's ack link built in.
+    """
+    if isinstance(service, dict):
+        obj, problem = load_apprise(service)
+        if problem is not None:  # checked with a stand-in link when the route was loaded
+            raise PushFailedError("the service refused the ack link")
+    else:
+        obj = service
     result = obj.notify(
         body=message.body,
         title=message.title,
@@ -172,11 +195,15 @@ class PushDispatcher:
         max_attempts: int = MAX_ATTEMPTS,
         give_up_after_s: float = GIVE_UP_AFTER_S,
         rate_window_s: float = RATE_WINDOW_S,
+        ack: AckLinks | None = None,
+        pushover_api_url: str = pushover.API_URL,
     ) -> None:
         """Load every route's URL; raise PushConfigError naming the routes Apprise rejects.
 
         `directory`: the names and time zones pushes are written in; without one they show
-        ids and UTC (`from_settings` passes the configuration's).
+        ids and UTC (`from_settings` passes the configuration's). `ack`: signs the one-tap
+        ack link of each push about a firing alert; None: pushes carry none.
+        `pushover_api_url`: Pushover's message API (tests point it at a local stand-in).
         """
         if queue_size < 1 or max_attempts < 1 or attempt_timeout_s <= 0 or rate_window_s <= 0:
             raise ValueError(
@@ -192,6 +219,9 @@ class PushDispatcher:
         )
         self._max_attempts = max_attempts
         self._give_up_after_s = give_up_after_s
+        self._ack = ack
+        self._pushover_api_url = pushover_api_url
+        self._session: aiohttp.ClientSession | None = None  # alerts.pushover's, made on first use
         self._by_team = _open_routes(
             routes, queue_size=queue_size, window_s=rate_window_s, now=clock()
         )
@@ -201,10 +231,13 @@ class PushDispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> PushDispatcher:
-        """The configuration's routes, written in its team and athlete names and time zones.
+        """The configuration's routes, written in its team and athlete names and time zones,
+        with one-tap ack links when `[ack]` is on.
 
         Raises PushConfigError naming every route that cannot be used.
         """
+        if "ack" not in kwargs:
+            kwargs["ack"] = AckLinks.from_settings(settings)
         return cls(
             routes_from_settings(settings), directory=Directory.from_settings(settings), **kwargs
         )
@@ -244,14 +277,18 @@ class PushDispatcher:
         if self._run_task is not None:
             raise RuntimeError("PushDispatcher.run() is already running or has run")
         self._run_task = asyncio.current_task()
-        async with asyncio.TaskGroup() as tg:
-            workers = [
-                tg.create_task(self._work(route), name=f"push[{route.label}]")
-                for route in self._routes
-            ]
-            await self._closed.wait()
-            for worker in workers:
-                worker.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                workers = [
+                    tg.create_task(self._work(route), name=f"push[{route.label}]")
+                    for route in self._routes
+                ]
+                await self._closed.wait()
+                for worker in workers:
+                    worker.cancel()
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
     async def aclose(self) -> None:
         """Stop the workers and drop pending pushes (not persisted: MQTT and InfluxDB are)."""
@@ -310,7 +347,9 @@ class PushDispatcher:
 
     async def _send_with_retries(self, route: RouteQueue, item: QueuedPush) -> None:
         a = item.transition.alert
-        obj = route.critical_apprise if item.critical else route.apprise
+        carrier = route.critical if item.critical else route.plain
+        ack = self._ack if wants_ack(item.transition) else None
+        done: set[str] = set()  # Pushover recipients that have this push (alerts.pushover)
         delays = self._retry_delays()
         attempt = 0
         while True:
@@ -318,8 +357,24 @@ class PushDispatcher:
             if attempt > 1:
                 route.retried += 1
             suppressed = route.suppressed
-            message = render(item.transition, self._directory, suppressed=suppressed)
-            error = await self._attempt(route, obj, message)
+            # a link per attempt: it expires link_ttl_s after the push goes out
+            plan = carrier.plan(ack.make(a, route.spec.person)) if ack is not None else _NO_ACK
+            message = render(item.transition, self._directory, suppressed=suppressed,
+                             ack_url=plan.text_link)
+            if plan.callback is not None and carrier.pushover is not None and ack is not None:
+                # the token's life, less the longest an attempt takes to reach Pushover
+                expire_s = max(1, min(carrier.pushover.expire_s,
+                                      int(ack.ttl_s - self._attempt_timeout_s)))
+                error = await self._attempt(route, functools.partial(
+                    pushover.send_emergency, self._http(), self._pushover_api_url,
+                    carrier.pushover, message, callback=plan.callback, expire_s=expire_s,
+                    done=done,
+                ))
+            else:
+                error = await self._attempt(route, functools.partial(
+                    asyncio.get_running_loop().run_in_executor, route.executor, _send_blocking,
+                    plan.service or carrier.apprise, message,
+                ))
             if error is None:
                 route.suppressed -= suppressed
                 self._delivered(route, item)
@@ -350,14 +405,19 @@ class PushDispatcher:
             mark.delivered_ms = max(mark.delivered_ms, a.updated_at_ms)
         log.debug("push[%s] sent %s (%s)", route.label, about(a), item.transition.change.value)
 
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = pushover.new_session()
+        return self._session
+
     async def _attempt(
-        self, route: RouteQueue, obj: apprise.Apprise, message: PushMessage
+        self, route: RouteQueue, send: Callable[[], Awaitable[None]]
     ) -> str | None:
-        """One send in the route's thread; None on success, else the error's class name."""
-        loop = asyncio.get_running_loop()
+        """One send (in the route's thread, or ours in the loop) within the per-attempt
+        timeout; None on success, else the error's class name."""
         try:
             async with asyncio.timeout(self._attempt_timeout_s):
-                await loop.run_in_executor(route.executor, _send_blocking, obj, message)
+                await send()
         except TimeoutError:
             return PushTimeoutError.__name__
         except PushError as exc:

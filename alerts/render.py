@@ -15,6 +15,11 @@ come from a `Directory` built from the configuration. `render` is a pure functio
     Left leg: pressure back within limits
     Lasted 3 min 15 s, 14:12–14:15 · Senior squad
 
+A push about a firing alert on a service without a button of its own for it (e-mail, Slack,
+Telegram, a webhook) ends with its one-tap ack link (`ack_url`, signed by alerts.ackpush):
+
+    Acknowledge: https://club.example.org/cuffwatch/ack/eyJhIjoi…
+
 The alert's `message` (MQTT, InfluxDB) is a contract of its own and is not what a push says.
 """
 
@@ -36,6 +41,7 @@ if TYPE_CHECKING:  # alerts/ imports core.model only at run time (docs/architect
     from core.config import Settings
 
 __all__ = [
+    "ACK_LINE",
     "TITLE_MAX",
     "Directory",
     "PushMessage",
@@ -48,6 +54,8 @@ __all__ = [
 
 # A lock screen shows about this much of a title; a long athlete name is shortened to fit.
 TITLE_MAX: Final = 60
+# The last line of a push that carries its ack link as text, before the link.
+ACK_LINE: Final = "Acknowledge:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +213,13 @@ def _title(prefix: str | None, what: str, who: str) -> str:
 
 
 def render(
-    transition: Transition, directory: Directory = _NO_DIRECTORY, *, suppressed: int = 0
+    transition: Transition, directory: Directory = _NO_DIRECTORY, *, suppressed: int = 0,
+    ack_url: str | None = None,
 ) -> PushMessage:
     """The push for one transition, in the team's names and local time (see the module doc).
 
     `suppressed`: pushes the rate limit left out since the route's last one; the body says so.
+    `ack_url`: the push's one-tap ack link, its last line (never on a resolution).
     """
     a = transition.alert
     row, note = row_of(a)
@@ -257,5 +267,7 @@ def render(
         lines.append(
             f"(+{suppressed} earlier push(es) left out by the rate limit; see the dashboard)"
         )
+    if ack_url is not None and not resolved:
+        lines.append(f"{ACK_LINE} {ack_url}")
     return PushMessage(title=_title(prefix, words.what, who), body="\n".join(lines),
                        notify_type=notify_type)

@@ -1,5 +1,6 @@
 """One push route's side of the dispatcher: which transitions it takes, its bounded queue
-(critical first), its rate limit, its Apprise objects and thread, and its counters.
+(critical first), its rate limit, its Apprise services (and how each carries an ack link) and
+thread, and its counters.
 
 The policies are summed up in `alerts.push`; `PushDispatcher` fans transitions out to the
 `RouteQueue`s and runs one worker per queue.
@@ -13,6 +14,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from alerts.ackpush import Carrier, carrier_for
 from alerts.model import Alert, AlertState, Change, Transition
 from alerts.notify import RouteStats
 from alerts.routes import RouteSpec, critical_url, load_apprise
@@ -107,7 +109,7 @@ class _Mark:
 
 
 class RouteQueue:
-    """One route's queue, Apprise objects, thread, rate limit and counters.
+    """One route's queue, Apprise services, thread, rate limit and counters.
 
     Check `problem` after construction: not None when Apprise cannot use the route's URL.
     """
@@ -122,10 +124,16 @@ class RouteQueue:
         self.bucket = TokenBucket(spec.max_per_minute, window_s, now)
         self.keep = min(CRITICAL_RESERVE, spec.max_per_minute - 1)
         self.alerts: OrderedDict[str, _Mark] = OrderedDict()
-        self.apprise, self.problem = load_apprise(spec.url)
-        self.critical_apprise = self.apprise
-        if self.problem is None and (crit := critical_url(spec.url)) != spec.url:
-            self.critical_apprise, self.problem = load_apprise(crit)
+        obj, self.problem = load_apprise(spec.url)
+        # what ordinary pushes go through, and critical ones (the service's top priority)
+        self.plain: Carrier = Carrier(obj)
+        self.critical: Carrier = self.plain
+        if self.problem is None:
+            self.plain = self.critical = carrier_for(spec.url, obj)
+            if (crit := critical_url(spec.url)) != spec.url:
+                crit_obj, self.problem = load_apprise(crit)
+                if self.problem is None:
+                    self.critical = carrier_for(crit, crit_obj)
         # One thread per route: a hanging service blocks only its own route (Apprise's
         # shared pool has cpu+4 threads, a few dead routes could starve it).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"push[{self.label}]")

@@ -10,10 +10,11 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import apprise
+from apprise.plugins import url_to_dict
 
 from alerts.errors import PushConfigError
 from core.model import Severity
@@ -28,6 +29,7 @@ __all__ = [
     "load_apprise",
     "route_label",
     "routes_from_settings",
+    "service_fields",
 ]
 
 # Each service's highest priority, as the query parameter and value Apprise reads, by scheme:
@@ -58,6 +60,7 @@ class RouteSpec:
     min_severity: Severity = Severity.WARNING
     escalation: bool = False  # True: receives escalations only
     max_per_minute: int = 30
+    person: str = ""  # acknowledged_by for a tap on this route's pushes ("": the page asks)
 
 
 def route_label(team: str, index: int, url: str) -> str:
@@ -88,6 +91,7 @@ def routes_from_settings(settings: Settings) -> dict[str, list[RouteSpec]]:
                     min_severity=route.severity,
                     escalation=route.escalation,
                     max_per_minute=route.max_per_minute,
+                    person=route.person,
                 )
             )
         out[team_id] = specs
@@ -109,15 +113,26 @@ def critical_url(url: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def load_apprise(url: str) -> tuple[apprise.Apprise, str | None]:
-    """An Apprise object holding exactly this one URL, or the reason it cannot (no URL in it)."""
+def service_fields(url: str) -> dict[str, Any] | None:
+    """The URL as the keyword arguments of its Apprise service (`schema` names it), or None.
+
+    `load_apprise` takes them back, amended: how a push carries its ack link (alerts.ackpush).
+    """
+    fields = url_to_dict(url, secure_logging=True)  # type: ignore[no-untyped-call]
+    return cast("dict[str, Any] | None", fields)
+
+
+def load_apprise(url: str | Mapping[str, Any]) -> tuple[apprise.Apprise, str | None]:
+    """An Apprise object holding exactly this one URL (or `service_fields` of one), or the
+    reason it cannot (no service in it)."""
     # No Apprise-level deadline or retries (ours are per attempt), and our own User-Agent.
     asset = apprise.AppriseAsset(service_timeout=0, app_id="cuffwatch")
     obj = apprise.Apprise(asset=asset)
     with warnings.catch_warnings():
         # Loading Apprise's e-mail plugin imports the stdlib's deprecated imghdr (3.11).
         warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
-        loaded = obj.add(url)
+        # a copy: Apprise writes the asset and tags into the fields it is given
+        loaded = obj.add(url if isinstance(url, str) else dict(url))
     if not loaded or len(obj) == 0:
         return obj, "Apprise cannot load this URL (unknown scheme or bad syntax)"
     if len(obj) != 1:
