@@ -77,6 +77,9 @@ class AckLink:
     page: str
     pushover: str
     expires_at: int  # Unix seconds
+    # a link for no one in particular (the route has no `person`): the page asks for a name,
+    # so a button must open it rather than POST to it
+    asks_name: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class AckLinks:
             page=acktoken.ack_url(self.public_url, token),
             pushover=acktoken.ack_url(self.public_url, token, pushover=True),
             expires_at=expires_at,
+            asks_name=not person,
         )
 
 
@@ -133,12 +137,14 @@ _PROBE: Final = AckLink("https://cuffwatch.invalid/ack/probe",
                         "https://cuffwatch.invalid/ack/probe/pushover", 0)
 
 
-def ntfy_actions(url: str) -> str:
-    """ntfy's `actions` (JSON form): one `http` button POSTing to `url`, clearing the push."""
-    return json.dumps(
-        [{"action": "http", "label": ACK_LABEL, "url": url, "method": "POST", "clear": True}],
-        separators=(",", ":"),
+def ntfy_actions(url: str, *, asks_name: bool = False) -> str:
+    """ntfy's `actions` (JSON form): one `http` button POSTing to `url`, clearing the push; or,
+    for a link whose page asks who acknowledges, a `view` button opening it."""
+    action: dict[str, Any] = (
+        {"action": "view", "label": ACK_LABEL, "url": url, "clear": True} if asks_name else
+        {"action": "http", "label": ACK_LABEL, "url": url, "method": "POST", "clear": True}
     )
+    return json.dumps([action], separators=(",", ":"))
 
 
 class Style(enum.Enum):
@@ -176,7 +182,8 @@ class Carrier:
         if self.style is Style.CALLBACK:
             return AckPlan(callback=link.pushover)
         if self.style is Style.ACTION:
-            return AckPlan(service={**self.fields, "actions": ntfy_actions(url)})
+            return AckPlan(service={**self.fields,
+                                    "actions": ntfy_actions(url, asks_name=link.asks_name)})
         if self.style is Style.PUSHOVER_URL and len(url) <= PUSHOVER_URL_MAX:
             return AckPlan(service={**self.fields, "supplemental_url": url,
                                     "supplemental_url_title": ACK_LABEL})

@@ -14,6 +14,9 @@ them.
 
 Links: `{public_url}/ack/{token}` (GET shows the alert and a button, POST acknowledges),
 `{public_url}/ack/{token}/pushover` (Pushover's emergency-receipt callback, a POST).
+
+A token of kind PROBE_KIND (`probe_token`) names no alert: `cuffwatch check` sends one to
+`{public_url}/ack/{token}` and only an endpoint holding the same secret answers it as ours.
 """
 
 from __future__ import annotations
@@ -23,18 +26,30 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
 
 from core.errors import CoreError
 
-__all__ = ["MAX_TOKEN_CHARS", "AckClaims", "BadToken", "ack_url", "sign", "verify"]
+__all__ = [
+    "MAX_TOKEN_CHARS", "MIN_SECRET_BYTES", "PROBE_KIND", "AckClaims", "BadToken", "ack_url",
+    "probe_token", "sign", "verify",
+]
 
 NONCE_BYTES = 9  # 12 base64url characters
+# an HMAC-SHA256 key shorter than the hash's output is weaker than the hash (RFC 2104 §3)
 MIN_SECRET_BYTES = 32
 # a token's JSON claims stay small (ids ≤ 64 chars, a person ≤ 64): anything longer is refused
 # before any decoding or hashing
 MAX_TOKEN_CHARS = 1024
+# the only characters of a token: base64url without padding, and the one dot. Anything else
+# is refused before decoding (Python's base64 decoder would otherwise skip stray characters,
+# so that many strings would carry one signature)
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# a probe's kind: no alert kind starts with an underscore, so a probe never acknowledges
+PROBE_KIND = "_probe"
+PROBE_TTL_S = 60
 
 
 class BadToken(CoreError):
@@ -88,14 +103,11 @@ def sign(
 
 def verify(secret: bytes, token: str, *, now: float) -> AckClaims:
     """The claims of a token we signed that has not expired; BadToken otherwise."""
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+    if len(token) > MAX_TOKEN_CHARS or not _TOKEN_CHARS.fullmatch(token):
         raise BadToken("not a token")
     body, mac = token.split(".")
-    try:
-        given = _unb64(mac)
-    except (binascii.Error, ValueError):
-        raise BadToken("signature not base64url") from None
-    if not hmac.compare_digest(given, _mac(secret, body)):
+    # the signature's one canonical spelling, compared in constant time
+    if not hmac.compare_digest(mac.encode("ascii"), _b64(_mac(secret, body)).encode("ascii")):
         raise BadToken("bad signature")
     try:
         raw = json.loads(_unb64(body))
@@ -105,9 +117,16 @@ def verify(secret: bytes, token: str, *, now: float) -> AckClaims:
     if not all(isinstance(v, str) for v in (claims.alert_id, claims.team, claims.cuff,
                                               claims.kind, claims.person, claims.nonce)):
         raise BadToken("claims of the wrong types")
-    if not isinstance(claims.expires_at, int) or claims.expires_at <= now:
+    if (not isinstance(claims.expires_at, int) or isinstance(claims.expires_at, bool)
+            or claims.expires_at <= now):
         raise BadToken("expired")
     return claims
+
+
+def probe_token(secret: bytes, *, now: float) -> str:
+    """A token naming no alert, valid for PROBE_TTL_S: proves an endpoint shares `secret`."""
+    return sign(secret, alert_id="", team="", cuff="", kind=PROBE_KIND, person="",
+                expires_at=int(now) + PROBE_TTL_S)
 
 
 def ack_url(public_url: str, token: str, *, pushover: bool = False) -> str:

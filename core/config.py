@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core import roster_checks, toml_types
+from core.acktoken import MIN_SECRET_BYTES
 from core.errors import CoreError
 from core.model import Limb, Protocol, Severity
 from core.params import RuleParams
@@ -154,10 +155,20 @@ class AckSettings(_Section):
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value and (urlsplit(value).scheme not in ("http", "https")
-                      or not urlsplit(value).hostname):
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
             raise ValueError(f"must be an http(s) URL phones can reach, not {value!r}")
+        if parts.query or parts.fragment:  # links are `{public_url}/ack/{token}`
+            raise ValueError(f"must have no query or fragment: {value!r}")
         return value.rstrip("/")
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes (make one with "
+                             "`openssl rand -base64 48`)")
+        return value
 
     @property
     def enabled(self) -> bool:
@@ -537,6 +548,7 @@ _SECTIONS: dict[str, TypeAdapter[Any]] = {
     "influx": TypeAdapter(InfluxSettings),
     "spool": TypeAdapter(SpoolSettings),
     "health": TypeAdapter(HealthSettings),
+    "ack": TypeAdapter(AckSettings),
     "alerts": TypeAdapter(AlertSettings),
     "teams": TypeAdapter(dict[str, Team]),
 }

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.acktoken import MIN_SECRET_BYTES
 from core.config import BrokerSettings, Settings
 
 
@@ -20,8 +21,9 @@ def file_problems(settings: Settings, *parts: str) -> list[str]:
     """Every `*_file` (secrets, TLS) that `parts` need and that cannot be used, one line each.
 
     `parts`: "broker" (password_file, TLS files), "influx" (token_file, password_file,
-    ca_file), "routes" (url_file). A command checks the ones it uses before it starts,
-    so that a missing file is one clear line, not a traceback half-way through start-up.
+    ca_file), "routes" (url_file), "ack" (the secret, while the endpoint is on). A command
+    checks the ones it uses before it starts, so that a missing file is one clear line, not
+    a traceback half-way through start-up.
     """
     problems: list[str] = []
     if "broker" in parts:
@@ -50,6 +52,25 @@ def file_problems(settings: Settings, *parts: str) -> list[str]:
                 problems += _secret_file_problem(
                     f"teams.{team_id}.routes[{n}].url_file", route.url_file, given=False
                 )
+    if "ack" in parts:
+        problems += _ack_secret_problems(settings)
+    return problems
+
+
+def _ack_secret_problems(settings: Settings) -> list[str]:
+    """While `[ack]` is on, its secret must be given and long enough to sign links with."""
+    ack = settings.ack
+    if not ack.enabled:
+        return []
+    if ack.secret is None and not ack.secret_file:
+        return ["ack.secret: ack.public_url is set, so the links need a secret: set "
+                "CUFFWATCH_ACK__SECRET or ack.secret_file (at least "
+                f"{MIN_SECRET_BYTES} bytes)"]
+    problems = _secret_file_problem("ack.secret_file", ack.secret_file,
+                                    given=ack.secret is not None)
+    if not problems and len(ack.secret_bytes() or b"") < MIN_SECRET_BYTES:
+        problems.append(f"ack.secret_file: {ack.secret_file}: the secret must be at least "
+                        f"{MIN_SECRET_BYTES} bytes")
     return problems
 
 

@@ -93,6 +93,15 @@ CUFFWATCH_INFLUX__URL=http://127.0.0.1:8086
 ENV
 fi
 
+if ! grep -q '^CUFFWATCH_ACK__SECRET=' "${ETC}/cuffwatch.env"; then
+  # The one-tap ack links' HMAC secret: made once, kept across runs (links stay valid).
+  {
+    echo "# HMAC secret of the one-tap ack links in pushes (written by setup-laptop.sh)"
+    printf 'CUFFWATCH_ACK__SECRET=%s\n' \
+      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+  } >> "${ETC}/cuffwatch.env"
+fi
+
 say "Broker users and ACLs from the roster (${BROKER_AUTH})"
 install -d -o root -g mosquitto -m 0750 "${BROKER_AUTH}"
 "${VENV}/bin/cuffwatch" broker-auth -c "${ETC}/cuffwatch.toml" \
@@ -187,4 +196,6 @@ Done. Files (passwords are in the secret ones, never printed):
   ${BROKER_AUTH}/{passwd,acl}         generated for Mosquitto
   /etc/mosquitto/conf.d/cuffwatch.conf, cuffwatch-auth.conf
 Logs: journalctl -u cuffwatch -f    Health: curl -s http://127.0.0.1:9108/readyz
+One-tap acks from pushes need a public HTTPS name for this laptop: see "One-tap acks" in
+${PREFIX}/deploy/README.md (Caddy, deploy/caddy/), then set ack.public_url.
 DONE

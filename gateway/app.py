@@ -22,9 +22,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from alerts.engine import AlertEngine
+from alerts.model import Alert
 from alerts.notify import Notifier
-from core.config import Settings
+from core.config import ConfigError, Settings
 from core.topics import Topics
+from gateway.ack_endpoint import AckServer
+from gateway.ack_guard import UsedLinks
+from gateway.decode import Rejected
 from gateway.delivery import AlertDelivery
 from gateway.errors import BrokerRefusedError
 from gateway.gmqtt_compat import ReplyTo
@@ -43,6 +47,8 @@ from ingest.spool import Spool, SpoolError
 log = logging.getLogger("cuffwatch.gateway")
 # The alert lane's MQTT client id: the data connection's plus this.
 ALERT_LINK_SUFFIX = "-alerts"
+# Beside the spool (one gateway per spool directory): the ack links used and not yet expired.
+USED_LINKS_FILE = "ack-links.used"
 TICK_INTERVAL_S = 0.2  # stale/escalation/silence timers: well inside the 1 s alert budget
 STATS_INTERVAL_S = 10.0  # SPEC §4: gateway_stats every 10 s
 DRAIN_TIMEOUT_S = 10.0  # SIGTERM: in-flight messages and the final flush get this long
@@ -64,6 +70,10 @@ class Gateway:
         health: bool | None = None,
         stats_interval_s: float = STATS_INTERVAL_S,
     ) -> None:
+        ack_secret = settings.ack.secret_bytes() if settings.ack.enabled else None
+        if settings.ack.enabled and ack_secret is None:  # `run` says so before it gets here
+            raise ConfigError(["ack.secret: ack.public_url is set, so the links need a secret "
+                               "(CUFFWATCH_ACK__SECRET or ack.secret_file)"])
         self.settings = settings
         self.clock = clock
         self.stats_interval_s = stats_interval_s
@@ -88,7 +98,7 @@ class Gateway:
         self.status = "offline"
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
-        # alert lines from timer-driven transitions, stored by their own task
+        # alert lines from timer-driven transitions and link acks, stored by their own task
         self._timer_lines: list[str] = []
         self._timer_lines_ready = asyncio.Event()
         self.mqtt = link_from_settings(
@@ -113,6 +123,14 @@ class Gateway:
         self.inbound = self.mqtt.inbound
         self.delivery = AlertDelivery(self.topics, self.counters, self.notifiers,
                                       data_link=self.mqtt, lane=self.alert_link)
+        self.ack_server = None if ack_secret is None else self._ack_server(ack_secret)
+
+    def _ack_server(self, secret: bytes) -> AckServer:
+        """The one-tap ack endpoint (`[ack]`), its used links read back from the spool's dir."""
+        used = UsedLinks(Path(self.settings.spool.dir) / USED_LINKS_FILE)
+        used.load(self.clock())
+        return AckServer(self.settings, _LinkAcks(self), secret=secret, used=used,
+                         counters=self.counters, clock=self.clock)
 
     def add_notifier(self, notifier: Notifier) -> None:
         """Hand alert transitions to `notifier` too (before `run()`, which runs it)."""
@@ -164,6 +182,7 @@ class Gateway:
                 tg.create_task(self._tick_loop(), name="cuffwatch.alert_ticker")
                 tg.create_task(self._stats_loop(), name="cuffwatch.stats")
                 tg.create_task(self._timer_store_loop(), name="cuffwatch.timer_store")
+                await self._start_ack_server()
                 self.ready.set()
                 await self._stopping.wait()
                 await self._shutdown()
@@ -171,6 +190,7 @@ class Gateway:
         except* _Stopped:
             pass
         finally:
+            await asyncio.shield(self._stop_ack_server())
             await asyncio.shield(self.health.stop())
             try:
                 self.spool.close()  # releases the spool's lock for the next process
@@ -195,7 +215,24 @@ class Gateway:
             return exc
         return None
 
+    async def _start_ack_server(self) -> None:
+        """Listen for taps once connected (before, no alert is open to acknowledge). A port
+        that cannot be had leaves the gateway alerting, and says so: acks go over MQTT."""
+        if self.ack_server is None:
+            return
+        try:
+            await self.ack_server.start()
+        except OSError as exc:
+            log.error("ack endpoint: cannot listen on %s:%s (%s): one-tap acks from pushes "
+                      "are off; alerts are still acknowledged over MQTT",
+                      self.settings.ack.host, self.settings.ack.port, exc.strerror or exc)
+
+    async def _stop_ack_server(self) -> None:
+        if self.ack_server is not None:
+            await self.ack_server.stop()
+
     async def _shutdown(self) -> None:
+        await asyncio.shield(self._stop_ack_server())  # no tap after the links are gone
         if self.hold.disk_full:  # waiting cannot help: the broker keeps what is unacknowledged
             log.info("stopping: the disk is full: %d message(s) stay unacknowledged; the broker "
                      "redelivers them", self.mqtt.pending_acks)
@@ -315,6 +352,25 @@ class Gateway:
             return self.hold.durable_end()
         return self.hold.submit(staged.lines)
 
+    # -- acks from push links ------------------------------------------------------------------
+
+    def acknowledge(self, team: str, cuff: str, kind: str, by: str) -> Alert | None:
+        """A tap on a push's link (the ack endpoint), applied exactly as an `…/ack` message:
+        the handler's same ack, its transition published at once and its line stored (through
+        the timers' store task, which waits out a full spool without blocking the endpoint).
+        The alert as acknowledged, or None if there was no open alert to acknowledge."""
+        try:
+            actions = self.handler.ack(team, cuff, kind, by)
+        except Rejected:
+            return None
+        for t in actions.alerts:
+            self.delivery.deliver(t)
+        if actions.lines:
+            self._timer_lines.extend(actions.lines)
+            self._timer_lines_ready.set()
+        answer = actions.answer
+        return answer.alert if answer is not None and answer.ok else None
+
     # -- timers -----------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
@@ -411,6 +467,22 @@ class Gateway:
 
     def cuff(self, cuff_id: str) -> CuffState:
         return self.fleet.cuffs[cuff_id]
+
+
+class _LinkAcks:
+    """The gateway as the ack endpoint sees it (`gateway.ack_desk.AckTarget`)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+
+    def knows(self, team: str, cuff: str, kind: str) -> bool:
+        return self._gw.handler.knows(team, cuff, kind)
+
+    def open_alert(self, team: str, cuff: str, kind: str) -> Alert | None:
+        return self._gw.handler.open_alert(team, cuff, kind)
+
+    def acknowledge(self, team: str, cuff: str, kind: str, by: str) -> Alert | None:
+        return self._gw.acknowledge(team, cuff, kind, by)
 
 
 class _Stopped(Exception):

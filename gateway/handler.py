@@ -36,6 +36,7 @@ log = logging.getLogger("cuffwatch.gateway")
 # enum members as module globals: the per-message path reads them without the class lookup
 _INFLATED = CuffPhase.INFLATED
 _DEFLATED = CuffPhase.DEFLATED
+_KIND_WORDS = frozenset(k.value for k in AlertKind)
 ACK_BY_MAX_CHARS = 64  # an ack's "by" is a name on a staff screen, not a payload
 RETAINED_ACK = "an ack must not be retained (SPEC §2): a retained ack is not someone acting now"
 RETAINED_TELEMETRY = (
@@ -99,6 +100,26 @@ class StagedRecord:
 
     lines: list[str]
     duplicates: bool  # a redelivery: acknowledge only once the spool's current end is durable
+
+
+def _alert_kind(text: str) -> AlertKind:
+    try:
+        return AlertKind(text)
+    except ValueError:
+        raise Rejected(RejectReason.INVALID_STATUS, f"no alert kind {text[:64]}") from None
+
+
+def _ack_by(payload: bytes) -> str | None:
+    """The `by` of an ack message (`{"by": "Sam"}`, or empty); Rejected if not JSON."""
+    if not payload.strip():
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise Rejected(RejectReason.INVALID_STATUS, "ack is not valid JSON") from None
+    if isinstance(obj, dict) and isinstance(obj.get("by"), str):
+        return str(obj["by"])
+    return None
 
 
 class MessageHandler:
@@ -186,15 +207,10 @@ class MessageHandler:
         if kind is TopicKind.ACK:
             if retain:  # replayed to every new subscription: it would silence forever
                 raise Rejected(RejectReason.RETAINED, RETAINED_ACK)
-            alert_kind = parsed.alert_kind or ""
-            acked = self._ack(team, cuff, alert_kind, payload)
-            if not acked:
-                return Actions(answer=Answer(
-                    team, False, NO_OPEN_ALERT, f"no open {alert_kind} alert on {team}/{cuff}"
-                ))
-            stored = self._stored(acked)
-            return Actions(alerts=stored.alerts, store=stored.store, lines=stored.lines,
-                           answer=Answer(team, True, alert=acked[0].alert))
+            kind_text = parsed.alert_kind or ""
+            self.fleet.lookup(team, cuff)  # an unknown cuff, then a bad kind, before the payload
+            _alert_kind(kind_text)
+            return self.ack(team, cuff, kind_text, _ack_by(payload))
         if kind is TopicKind.ALERT and retain and payload:
             self._restore_alert(team, cuff, payload)
         return NOTHING_TO_DO
@@ -305,21 +321,39 @@ class MessageHandler:
         log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)
         return f"{team}/{cuff}: assigned to {assignment.athlete} {state.limb.value}"
 
-    def _ack(self, team: str, cuff: str, kind_text: str, payload: bytes) -> Sequence[Transition]:
+    def ack(self, team: str, cuff: str, kind_text: str, by: str | None) -> Actions:
+        """Acknowledge the open alert of that kind on that cuff: an `…/ack` message, or a tap
+        on a push's link (the ack endpoint). Either way the same transition is published and
+        stored, and the same answer says what became of it.
+
+        Raises Rejected for a cuff not in the roster or a word that is no alert kind.
+        """
         state = self.fleet.lookup(team, cuff)
-        try:
-            kind = AlertKind(kind_text)
-        except ValueError:
-            raise Rejected(RejectReason.INVALID_STATUS, f"no alert kind {kind_text[:64]}") from None
-        by: str | None = None
-        if payload.strip():
-            try:
-                obj = json.loads(payload)
-            except (ValueError, RecursionError):
-                raise Rejected(RejectReason.INVALID_STATUS, "ack is not valid JSON") from None
-            if isinstance(obj, dict) and isinstance(obj.get("by"), str):
-                by = obj["by"][:ACK_BY_MAX_CHARS]
-        return self.engine.on_ack(state.team, cuff, kind, by)
+        kind = _alert_kind(kind_text)
+        if by is not None:
+            by = by[:ACK_BY_MAX_CHARS]
+        acked = self.engine.on_ack(state.team, cuff, kind, by)
+        if not acked:
+            return Actions(answer=Answer(
+                team, False, NO_OPEN_ALERT, f"no open {kind_text} alert on {team}/{cuff}"
+            ))
+        stored = self._stored(acked)
+        return Actions(alerts=stored.alerts, store=stored.store, lines=stored.lines,
+                       answer=Answer(team, True, alert=acked[0].alert))
+
+    def knows(self, team: str, cuff: str, kind_text: str) -> bool:
+        """Whether (team, cuff, kind) names a roster cuff of a team this gateway serves and
+        an alert kind: what an ack link must name before anything else is looked at."""
+        state = self.fleet.cuffs.get(cuff)
+        served = self.settings.broker.teams
+        return (state is not None and state.team == team and kind_text in _KIND_WORDS
+                and (not served or team in served))
+
+    def open_alert(self, team: str, cuff: str, kind_text: str) -> Alert | None:
+        """The open alert of that kind on that cuff, as published now; None if none."""
+        if not self.knows(team, cuff, kind_text):
+            return None
+        return self.engine.open_alert(team, cuff, AlertKind(kind_text))
 
     def _restore_alert(self, team: str, cuff: str, payload: bytes) -> None:
         try:

@@ -3,18 +3,19 @@
 Its clients are a scraper and an orchestrator's probes: a handful of connections, each sending
 a small GET as soon as it connects. So the server bounds what anyone else can hold (issue #17:
 ~1,100 idle connections used up the 1,024 descriptors and /readyz failed): at most
-MAX_CONNECTIONS at once, a deadline for each request head, small heads, no bodies.
+MAX_CONNECTIONS at once, a deadline for each request head, small heads, no bodies
+(`gateway.lowhttp`, which the ack endpoint shares).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway import lowhttp
 
 log = logging.getLogger(__name__)
 
@@ -28,50 +29,14 @@ MAX_CONNECTIONS = 32
 # sends its GET at once) and the keep-alive bound. A Prometheus scrape every 15 s then opens a
 # new connection per scrape, which its client does by itself; scrapes closer together share one.
 IDLE_TIMEOUT_S = 5.0
-# After refusing a request with a body, read and drop the rest of it for at most this long
-# before closing, so the client sees our 413 rather than a reset.
-LINGER_S = 1.0
 # Request-head limits (aiohttp's defaults are 8,190 bytes and 128 headers); past one, a 400.
 # Our request lines are `GET /metrics HTTP/1.1`; a field allows for a long Authorization a
 # scraper may send.
 MAX_LINE_SIZE = 2048
 MAX_FIELD_SIZE = 4096
 MAX_HEADERS = 32
-# Stopping waits this long for answers in flight (each takes milliseconds), not aiohttp's 60 s
-# default, so a health client cannot hold up the gateway's shutdown.
-SHUTDOWN_TIMEOUT_S = 2.0
 
 _Handler = Callable[[], Awaitable[web.Response]]
-
-
-class _CappedServer(web.Server):
-    """aiohttp's low-level server holding at most `cap` connections.
-
-    aiohttp has no connection limit. Its protocol reports each connection made and lost to
-    its `Server`, so this keeps its own list of open connections, oldest first, and a new one
-    past the cap aborts the oldest. Refusing the newcomer instead would let a flood of idle
-    connections lock out the orchestrator's probe. Aborting (not closing) frees the descriptor
-    at once even when the oldest is a client that stopped reading its answers, which a close
-    would keep until the client read them.
-    """
-
-    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-                 *, cap: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._cap = cap
-        self._open: dict[web.RequestHandler, asyncio.Transport] = {}  # oldest first
-
-    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self._open[handler] = transport
-        while len(self._open) > self._cap:
-            oldest = next(iter(self._open))
-            self._open.pop(oldest).abort()
-
-    def connection_lost(self, handler: web.RequestHandler,
-                        exc: BaseException | None = None) -> None:
-        self._open.pop(handler, None)
-        super().connection_lost(handler, exc)
 
 
 class HealthServer:
@@ -101,22 +66,11 @@ class HealthServer:
         self.port = port
 
     async def start(self) -> None:
-        # aiohttp arms its keep-alive timer when a connection is made (since 3.14.4) and after
-        # each answer, and it closes a connection still waiting for a whole request head then:
-        # the keep-alive bound is the read deadline as well.
-        server = _CappedServer(
-            self._handle, cap=MAX_CONNECTIONS, access_log=None,
-            keepalive_timeout=self._idle_timeout_s, lingering_time=LINGER_S,
+        limits = lowhttp.Limits(
+            cap=MAX_CONNECTIONS, idle_timeout_s=self._idle_timeout_s,
             max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        # the runner's listening sockets' addresses: the bound port (port 0 = any free one)
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = int(addresses[0][1])
+        self._runner, self.port = await lowhttp.serve(self._handle, self._host, self._port, limits)
         log.info("health on http://%s:%s (/healthz /readyz /metrics)", self._host, self.port)
 
     async def stop(self) -> None:

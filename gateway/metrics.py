@@ -37,6 +37,9 @@ class Counters:
     alerts_published: int = 0
     internal_errors: int = 0
     backpressure_waits: int = 0
+    ack_links_acknowledged: int = 0  # alerts acknowledged through a push's link
+    ack_links_refused: int = 0  # ack endpoint requests answered 403, 404 or 410
+    ack_links_limited: int = 0  # ack endpoint requests over a rate limit (429)
     lag_ms_max: int = 0  # transport lag (receive − device time) of the last stats interval
     rejected_by_reason: dict[RejectReason, int] = field(
         default_factory=lambda: dict.fromkeys(RejectReason, 0)
@@ -65,6 +68,12 @@ class GatewayCollector(Collector):
             ("alerts_published", c.alerts_published, "alert state changes published"),
             ("internal_errors", c.internal_errors, "messages whose handling raised (a bug)"),
             ("backpressure_waits", c.backpressure_waits, "messages held while the spool was full"),
+            ("ack_links_acknowledged", c.ack_links_acknowledged,
+             "alerts acknowledged through a push's link (ack endpoint)"),
+            ("ack_links_refused", c.ack_links_refused,
+             "ack endpoint requests refused (403, 404, 410)"),
+            ("ack_links_limited", c.ack_links_limited,
+             "ack endpoint requests over a rate limit (429)"),
         ):
             yield CounterMetricFamily(f"cuffwatch_{name}", doc, value=value)
         rejected = CounterMetricFamily(

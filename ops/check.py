@@ -10,7 +10,10 @@ One line per check, in a fixed order, each starting with its outcome:
 Push routes are tried without sending a push: a webhook (json/xml/form) gets a HEAD, a
 self-hosted ntfy server the topic's `auth` endpoint, an SMTP server EHLO and the login. With
 `--send-test` every route instead gets a push labelled as a test. No line shows a secret:
-URLs are printed masked, and known secrets are scrubbed from every message.
+URLs are printed masked, and known secrets are scrubbed from every message. While `[ack]` is
+on, `public_url` gets a GET of a probe link signed with the ack secret: only the endpoint of a
+gateway holding the same secret answers it as ours, so `ok` proves the proxy, its TLS and the
+secret at once.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ import os
 import smtplib
 import ssl
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from alerts.routes import load_apprise, route_label
+from core.acktoken import MIN_SECRET_BYTES, probe_token
 from core.config import Route, Settings
 from core.config_checks import route_warnings
 from core.redact import mask_url, scrub
+from gateway.ack_desk import PROBE_ANSWER
 from gateway.mqtt import MqttError
 from gateway.mqtt_build import link_from_settings
 
@@ -157,6 +164,62 @@ def _check_dir(what: str, path: Path) -> Line:
     except OSError as exc:
         return Line("FAIL", what, f"{path}: not writable ({exc.strerror or exc})")
     return Line("ok", what, f"{path} writable")
+
+
+# -- the ack endpoint -----------------------------------------------------------------------------
+
+
+async def _probe_ack(url: str, timeout_s: float) -> tuple[int, bytes] | str:
+    """Status and body of a GET of `url` (no redirect followed), or why none came."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+            http.get(url, allow_redirects=False) as resp,
+        ):
+            return resp.status, await resp.content.read(len(PROBE_ANSWER) + 1)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return _reason(exc)
+
+
+async def _check_ack(settings: Settings, timeout_s: float) -> Line | None:
+    """`public_url` reaches this gateway's ack endpoint, proven with a link signed by the
+    secret (only an endpoint holding it answers as ours); None while `[ack]` is off."""
+    ack = settings.ack
+    if not ack.enabled:
+        return None
+    what = "ack endpoint"
+    try:
+        secret = ack.secret_bytes()
+    except OSError as exc:
+        return Line("FAIL", what, f"ack.secret_file unreadable: {exc.strerror or exc}")
+    if secret is None or len(secret) < MIN_SECRET_BYTES:
+        return Line("FAIL", what, f"the links need a secret of at least {MIN_SECRET_BYTES} "
+                                  "bytes (CUFFWATCH_ACK__SECRET or ack.secret_file)")
+    path = "/ack/" + probe_token(secret, now=time.time())
+    public = mask_url(ack.public_url, tokens=False)
+    local_host = "127.0.0.1" if ack.host in ("", "0.0.0.0", "::") else ack.host
+    local_host = f"[{local_host}]" if ":" in local_host else local_host
+    local = f"{local_host}:{ack.port}"
+    there, here = await asyncio.gather(_probe_ack(ack.public_url + path, timeout_s),
+                                       _probe_ack(f"http://{local}{path}", timeout_s))
+    if there == (200, PROBE_ANSWER):
+        if urlsplit(ack.public_url).scheme != "https":
+            return Line("warn", what, f"{public} reaches this gateway's endpoint, but without "
+                                      "TLS: links travel in clear (serve it over https)")
+        return Line("ok", what, f"{public} reaches this gateway's endpoint (links signed with "
+                                "this secret work)")
+    if isinstance(there, str):
+        return Line("FAIL", what, f"{public}: cannot connect ({there}): phones cannot reach "
+                                  "the ack endpoint")
+    status = there[0]
+    if here == (200, PROBE_ANSWER):
+        return Line("FAIL", what, f"{public}/ack/ answered {status}, not the endpoint that "
+                                  f"answers on {local}: route /ack/ there in the proxy")
+    if isinstance(here, tuple) and here[0] == 403:
+        return Line("FAIL", what, f"the endpoint on {local} refused a link signed with this "
+                                  "secret: the running gateway has another one")
+    return Line("warn", what, f"{public}/ack/ answered {status}, and no gateway answers on "
+                              f"{local}: start `cuffwatch run`, then check again")
 
 
 # -- push routes ----------------------------------------------------------------------------------
@@ -306,6 +369,8 @@ def _secrets(settings: Settings) -> list[str]:
         found += [settings.broker.secret_password() or ""]
     with contextlib.suppress(OSError):
         found += [settings.influx.secret_token() or "", settings.influx.secret_password() or ""]
+    with contextlib.suppress(OSError):
+        found.append((settings.ack.secret_bytes() or b"").decode())
     for team in settings.teams.values():
         for route in team.routes:
             with contextlib.suppress(OSError):
@@ -346,6 +411,8 @@ async def run_checks(
     lines += await asyncio.gather(
         _check_broker(settings, timeout_s), _check_influx(settings, timeout_s), *routes
     )
+    if (ack := await _check_ack(settings, timeout_s)) is not None:
+        lines.append(ack)
     secrets = _secrets(settings)
     for line in lines:
         print(line.text(secrets))

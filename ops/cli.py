@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alerts.push import PushDispatcher
     from gateway.app import Gateway
 
-    settings = _settings(args, "broker", "influx", "routes")
+    settings = _settings(args, "broker", "influx", "routes", "ack")
 
     from alerts.push import PushConfigError
 
@@ -310,7 +310,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        if problems := file_problems(settings, "broker", "influx", "routes"):
+        if problems := file_problems(settings, "broker", "influx", "routes", "ack"):
             raise ConfigError(problems)  # noqa: TRY301
     except ConfigError as exc:
         for line in exc.problems:

@@ -190,6 +190,10 @@ class ServerProcess:
         """Whether the server, already listening on its ports, answers requests."""
         return True
 
+    def _env(self) -> dict[str, str]:
+        """Variables the server reads as configuration, on top of the cleaned environment."""
+        return {}
+
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
@@ -237,7 +241,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=_clean_env(self.env_prefixes),
+            env=_clean_env(self.env_prefixes) | self._env(),
             start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, not the servers
         )
         self._paused = False
@@ -557,7 +561,7 @@ class InfluxDB1Server(ServerProcess):
             [self._binary, "config", "-config", os.devnull],  # built-in defaults, not /etc
             check=True,
             capture_output=True,
-            env=_clean_env(self.env_prefixes),
+            env=_clean_env(self.env_prefixes) | self._env(),
         ).stdout.decode()
         self.config_path.write_text(dump_toml(self._rewrite(tomllib.loads(defaults))))
 

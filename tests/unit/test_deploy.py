@@ -76,7 +76,7 @@ def _under(path: str, directory: str) -> bool:
 
 def test_compose_services_images_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"mosquitto", "influxdb", "grafana", "gateway"}
+    assert set(services) == {"mosquitto", "influxdb", "grafana", "gateway", "caddy"}
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2.")
     assert services["influxdb"]["image"].startswith("influxdb:2.")
     assert services["grafana"]["image"].startswith("grafana/grafana:11.6")
@@ -91,6 +91,15 @@ def test_compose_services_images_and_dependencies(compose: dict[str, Any]) -> No
     # Only TLS MQTT reaches the host; 1883 stays on the compose network.
     assert services["mosquitto"]["ports"] == ["8883:8883"]
     assert all(p.startswith("127.0.0.1:") for p in services["influxdb"]["ports"])
+    # The ack endpoint is reached through Caddy's TLS only, and Caddy runs only with acks on.
+    assert "ports" not in gateway
+    caddy = services["caddy"]
+    assert caddy["image"].startswith("caddy:2")
+    assert caddy["profiles"] == ["ack"]
+    assert caddy["ports"] == ["80:80", "443:443"]
+    assert caddy["environment"]["CUFFWATCH_ACK_UPSTREAM"] == "gateway:9109"
+    assert ("./caddy", "/etc/caddy") in _mounts(caddy)  # the official image's Caddyfile path
+    assert (DEPLOY / "caddy" / "Caddyfile").is_file()
 
 
 def test_compose_references_only_files_that_exist(compose: dict[str, Any]) -> None:
@@ -149,6 +158,9 @@ def test_compose_gateway_environment_configures_the_example(
     gateway = compose["services"]["gateway"]
     for key, value in gateway["environment"].items():
         monkeypatch.setenv(key, str(value))
+    # required from deploy/.env; a placeholder of a real secret's length stands in for it
+    assert gateway["environment"]["CUFFWATCH_ACK__SECRET"] == "<ACK_SECRET>"
+    monkeypatch.setenv("CUFFWATCH_ACK__SECRET", "<ACK_SECRET>" * 4)
     config = next(src for src, target in _mounts(gateway)
                   if target == "/etc/cuffwatch/cuffwatch.toml")
     settings = load_settings(DEPLOY / config)
@@ -157,6 +169,9 @@ def test_compose_gateway_environment_configures_the_example(
     assert settings.influx.url == "http://influxdb:8086"
     assert settings.influx.secret_token() == "<INFLUX_TOKEN>"
     assert settings.health.host == "0.0.0.0"
+    assert settings.ack.host == "0.0.0.0"  # for the caddy service, on the compose network
+    assert not settings.ack.enabled  # until ACK_PUBLIC_URL is set
+    assert settings.ack.port == 9109
     spool = next(target for src, target in _mounts(gateway) if src == "cuffwatch-spool")
     assert _under(settings.spool.dir, spool)
     secrets = next(target for src, target in _mounts(gateway) if src == "./secrets")
@@ -262,8 +277,10 @@ def test_example_config_is_complete_and_secret_free() -> None:
     assert settings.influx.token is None
     assert settings.influx.password is None
     text = EXAMPLE.read_text()
+    assert settings.ack.secret is None
+    assert not settings.ack.enabled
     for key in ("instance", "topic_root", "[broker]", "[influx]", "[spool]", "[health]",
-                "[alerts]", "[alerts.arm]", "[alerts.leg]", "[alerts.ipc]"):
+                "[ack]", "[alerts]", "[alerts.arm]", "[alerts.leg]", "[alerts.ipc]"):
         assert key in text, f"example lacks {key}"
     protocols = {rx.protocol.value for t in settings.teams.values()
                  for a in t.athletes.values() for rx in a.prescriptions.values()}
@@ -334,6 +351,7 @@ def test_setup_script_parses_and_fits_the_other_files() -> None:
     assert "deploy/systemd/cuffwatch.service" in text
     assert re.search(r"apt-get install .*\bmosquitto\b.*\binfluxdb\b", text.replace("\\\n", ""))
     assert 'CREATE DATABASE ${INFLUX_DB}' in text
+    assert "CUFFWATCH_ACK__SECRET=" in text  # the ack links' secret, made once
     # The broker-auth options it passes are ones the command accepts.
     call = re.search(r'cuffwatch" broker-auth (.*?)\n(?!\s)', text, re.S)
     assert call is not None
