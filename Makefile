@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test test-unit test-integration demo lint bench
+.PHONY: venv esphome-venv test test-unit test-integration demo lint bench
 # The tiers of `make test` run one after another (lint, unit, integration), also under -j.
 .NOTPARALLEL:
 
@@ -36,6 +36,22 @@ $(EDITABLE_STAMP): pyproject.toml $(LOCK_STAMP)
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
+# ESPHome, to validate the reference device (deploy/devices/esphome/cuff.yaml) with
+# `esphome config`: a venv of its own, from its own fully pinned list, because ESPHome is
+# heavy (~250 MB, about a minute to install) and no dependency of cuffwatch. The
+# integration tier needs it (tests/integration/test_esphome_config.py).
+ESPHOME_VENV := .venv-esphome
+ESPHOME_REQUIREMENTS := deploy/devices/esphome/requirements.txt
+ESPHOME_STAMP := $(ESPHOME_VENV)/.installed-requirements.txt
+
+esphome-venv: $(ESPHOME_STAMP)
+
+$(ESPHOME_STAMP): $(ESPHOME_REQUIREMENTS)
+	$(PYTHON) -m venv $(ESPHOME_VENV)
+	$(ESPHOME_VENV)/bin/python -m pip install -q -r $(ESPHOME_REQUIREMENTS)
+	$(ESPHOME_VENV)/bin/python -m pip check
+	cp $(ESPHOME_REQUIREMENTS) $@
+
 # pytest's exit code 5 (no tests collected) fails a target like any other non-zero code.
 # $(1) is the tier's directory; PYTEST_ARGS go to each tier's run.
 define run_tier
@@ -54,7 +70,7 @@ test-unit: venv
 
 # Real Mosquitto, InfluxDB 1.x and VictoriaMetrics (started by the fixtures), receivers and
 # `cuffwatch` child processes. Under CI=true a server that cannot start fails, never skips.
-test-integration: venv
+test-integration: venv esphome-venv
 	scripts/ensure-services
 	$(call run_tier,tests/integration)
 
