@@ -175,9 +175,16 @@ class LinkClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt is untyped
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
 
-    def subscribe_qos1(self, topics: Sequence[str]) -> None:
-        """Subscribe to `topics` at QoS 1, in one SUBSCRIBE."""
-        self.subscribe([gmqtt.Subscription(topic, qos=1) for topic in topics])
+    def subscribe_qos1(self, topics: Sequence[str], *, retain_as_published: bool = False) -> None:
+        """Subscribe to `topics` at QoS 1, in one SUBSCRIBE.
+
+        `retain_as_published` (MQTT 5 only: on 3.1.1 the option bits must be 0) asks the broker
+        to pass on each publisher's RETAIN flag, so that a watcher sees whether a live message
+        was published retained (`cuffwatch conform`).
+        """
+        # relies on: Subscription's retain_as_published going into the options byte (§3.8.3.1)
+        self.subscribe([gmqtt.Subscription(topic, qos=1, retain_as_published=retain_as_published)
+                        for topic in topics])
 
     # -- our publishes -----------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class MqttLink:
         on_request: RequestHandler | None = None,
         on_connected: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
+        retain_as_published: bool = False,
     ) -> None:
         if on_message_fast is not None and (wait_durable is None or on_flush is None):
             raise ValueError("on_message_fast needs wait_durable and on_flush")
@@ -103,6 +104,8 @@ class MqttLink:
         self._tls: ssl.SSLContext | bool = tls or False
         self._keepalive = keepalive_s
         self._subscriptions = list(subscriptions)
+        # MQTT 5 only (3.1.1 has no subscription options): see LinkClient.subscribe_qos1
+        self._retain_as_published = retain_as_published and self._protocol == 5
         self._on_connected = on_connected
         self._log = logger or log
         self.connected = asyncio.Event()
@@ -213,7 +216,8 @@ class MqttLink:
             self.inbound.on_connect(self.connections)
         self._backoff = backoff_delays(INITIAL_BACKOFF_S, MAXIMUM_BACKOFF_S)
         if self._subscriptions:
-            self.client.subscribe_qos1(self._subscriptions)
+            self.client.subscribe_qos1(self._subscriptions,
+                                       retain_as_published=self._retain_as_published)
         # before on_connected's own publishes: per topic, the broker must see them in order
         resent = self.outbound.resend_unacknowledged()
         self.connected.set()

@@ -29,6 +29,10 @@ class LinkOptions(TypedDict, total=False):
     wait_durable: DurableWaiter | None
     on_connected: Callable[[bool], None] | None
     logger: logging.Logger | None
+    # default: the settings' persistent session; 0 for a client that must leave no session
+    # (and no queue of messages) behind on the broker, e.g. `cuffwatch conform`'s watcher
+    session_expiry_s: int
+    retain_as_published: bool  # MQTT 5: see each message's RETAIN flag as published
 
 
 def link_from_settings(
@@ -43,6 +47,7 @@ def link_from_settings(
     `username` replaces the settings' user (the password stays theirs). Raises OSError or
     ValueError when the TLS files or the password file cannot be read; does not connect.
     """
+    extra.setdefault("session_expiry_s", broker.session_expiry_s)
     tls = None
     if broker.tls:
         tls = make_ssl_context(broker.ca_file, broker.cert_file, broker.key_file)
@@ -54,7 +59,6 @@ def link_from_settings(
         username=username or broker.username,
         password=broker.secret_password(),
         tls=tls,
-        session_expiry_s=broker.session_expiry_s,
         keepalive_s=broker.keepalive_s,
         **extra,
     )

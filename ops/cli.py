@@ -28,7 +28,7 @@ log = logging.getLogger("cuffwatch")
 
 
 # One-shot commands say what went wrong themselves, in one line; library logs only with -v.
-QUIET_COMMANDS = frozenset({"assign", "ack", "check"})
+QUIET_COMMANDS = frozenset({"assign", "ack", "check", "conform"})
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -322,6 +322,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# -- conform --------------------------------------------------------------------------------------
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    from ops import conform
+
+    return conform.run_command(args, _settings(args, "broker"))
+
+
 # -- demo / simulate ------------------------------------------------------------------------------
 
 
@@ -511,6 +520,12 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _conform_arguments(p: argparse.ArgumentParser) -> None:
+    from ops import conform
+
+    conform.add_arguments(p)
+
+
 def _broker_auth_arguments(p: argparse.ArgumentParser) -> None:
     from ops import brokerauth
 
@@ -540,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "validate the config and try every connection", _check_arguments, cmd_check),
         ("broker-auth", "write Mosquitto password and ACL files from the roster",
          _broker_auth_arguments, cmd_broker_auth),
+        ("conform", "watch one device (or bridge) on a broker and check it against the "
+         "contract, rule by rule", _conform_arguments, cmd_conform),
     )
     for name, help_, add_arguments, handler in commands:
         p = sub.add_parser(name, help=help_, description=help_)

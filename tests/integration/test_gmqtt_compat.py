@@ -1,7 +1,8 @@
 """The fence around gmqtt (gateway/gmqtt_compat.py): what the simulator reaches through it.
 
-A refusal raised as our own ConnectRefused, and `gmqtt_tasks` finding the tasks gmqtt starts
-on its own, so that a caller can let them finish after a disconnect. The version check and the
+A refusal raised as our own ConnectRefused, `gmqtt_tasks` finding the tasks gmqtt starts on
+its own, so that a caller can let them finish after a disconnect, and a subscription's
+retain-as-published option (what `cuffwatch conform` watches with). The version check and the
 gateway's link are tested in test_mqtt_wire.py, test_durability.py and test_gateway_e2e.py.
 """
 
@@ -13,7 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
+from core.config import BrokerSettings
 from gateway.gmqtt_compat import ConnectRefused, LinkClient, gmqtt_tasks, new_client
+from gateway.mqtt_build import link_from_settings
+from tests.support.harness import wait_for
 from tests.support.servers import MosquittoServer
 
 WAIT_S = 10.0
@@ -102,3 +106,45 @@ async def test_connect_once_connects_like_connect_to(mosquitto: MosquittoServer)
     assert connected == [False]  # one CONNACK, a clean session
     await client.leave()
     await _settle(before)
+
+
+@pytest.mark.parametrize("protocol", [5, 3])
+async def test_retain_as_published_shows_a_live_retained_publish_over_mqtt5_only(
+    mosquitto: MosquittoServer, topic_root: str, protocol: int
+) -> None:
+    """`cuffwatch conform`'s watcher sees a device's RETAIN flag live (MQTT 5; 3.1.1 clears it)."""
+    topic = f"{topic_root}/t1/cuffs/c1/status"
+    got: list[tuple[bytes, bool]] = []
+
+    def on_message(_topic: str, payload: bytes, _qos: int, retain: bool) -> None:
+        got.append((payload, retain))
+
+    async def durable(_position: int) -> None:
+        return None
+
+    before = gmqtt_tasks()
+    watcher = link_from_settings(
+        BrokerSettings(url=mosquitto.url, protocol=protocol),
+        client_id=f"compat-{uuid.uuid4().hex[:12]}", clean_start=True, session_expiry_s=0,
+        retain_as_published=True, subscriptions=[topic], on_message_fast=on_message,
+        on_flush=lambda: None, wait_durable=durable,
+    )
+    publisher = _client(protocol=5)
+    try:
+        await watcher.connect(retry=False)  # over 3.1.1 the option is left out, not refused
+        await asyncio.sleep(0.2)  # the SUBACK
+        await asyncio.wait_for(
+            publisher.connect_once(mosquitto.host, mosquitto.port, tls=False, keepalive_s=15,
+                                   protocol=5),
+            WAIT_S,
+        )
+        publisher.send_publish(topic, b"online", qos=1, retain=True)
+        publisher.send_publish(topic, b"offline", qos=1, retain=False)
+        await wait_for(lambda: len(got) == 2, WAIT_S, what="both statuses")
+        assert got == [(b"online", protocol == 5), (b"offline", False)]
+        publisher.send_publish(topic, b"", qos=1, retain=True)  # clear the retained status
+        await asyncio.wait_for(publisher.wait_acknowledged(), WAIT_S)
+    finally:
+        await publisher.leave()
+        await watcher.disconnect()
+        await _settle(before)
