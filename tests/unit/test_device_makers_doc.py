@@ -7,6 +7,8 @@ the same way, so that neither can drift from the gateway.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import pytest
@@ -16,6 +18,7 @@ from core.config import AlertSettings
 from core.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG
 from core.params import BATTERY_LOW_PCT, BATTERY_OK_PCT
 from gateway.decode import MAX_PAYLOAD_BYTES, MAX_READINGS_PER_MESSAGE, ReadingIn, RejectReason
+from ops.cli import build_parser
 from tests.support.paths import REPO
 
 GUIDE = REPO / "docs" / "device-makers.md"
@@ -112,4 +115,16 @@ def test_the_guide_is_linked_and_links_to_what_exists(guide: str) -> None:
         slugs = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
         assert anchor in slugs, anchor
     assert (REPO / "deploy" / "devices" / "esphome" / "README.md").exists()
-    assert "cuffwatch conform --team T --cuff C [--for 60s] [--json FILE]" in guide
+    for target in re.findall(r"\]\((\.\./[^)#]+)", guide):  # links out of docs/
+        assert (REPO / "docs" / target).resolve().exists(), target
+
+
+def test_the_conform_line_names_the_commands_real_options(guide: str) -> None:
+    [usage] = [line for line in guide.splitlines() if line.startswith("cuffwatch conform ")]
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), pytest.raises(SystemExit):
+        build_parser().parse_args(["conform", "--help"])
+    options = set(re.findall(r"(?<![\w-])(-{1,2}[a-z][a-z-]*)", shown.getvalue()))
+    named = set(re.findall(r"(?<![\w-])(-{1,2}[a-z][a-z-]*)", usage))
+    assert {"--team", "--cuff", "--for", "--json", "--expect-offline"} <= named
+    assert named <= options, sorted(named - options)
