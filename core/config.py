@@ -78,6 +78,12 @@ class BrokerSettings(_Section):
     # Restrict this gateway to some teams (partitioning by team); empty = every team.
     teams: tuple[str, ...] = ()
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_from_text(cls, value: object) -> object:
+        # CUFFWATCH_BROKER__PROTOCOL=3 arrives as text; a literal of ints takes no text
+        return int(value) if isinstance(value, str) and value.strip() in ("3", "5") else value
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:

@@ -146,6 +146,7 @@ async def _request_once(
 
     link = link_from_settings(
         settings.broker, client_id=client_id, username=username, clean_start=True,
+        session_expiry_s=0,  # a one-shot client: leave no session (or reply subscription) behind
         subscriptions=[reply_topic] if mqtt5 else [],
         on_message_fast=on_answer, on_flush=lambda: None, wait_durable=nothing_to_wait_for,
     )

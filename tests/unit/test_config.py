@@ -666,3 +666,13 @@ escalation = true
                      "escalation = true")
     assert only.startswith("team only: only escalation routes: nothing is pushed until")
     assert route_warnings(s, ["both", "plain"]) == [plain]
+
+
+def test_the_mqtt_protocol_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # environment values are text: "3" must mean MQTT 3.1.1, as in the file
+    monkeypatch.setenv("CUFFWATCH_BROKER__PROTOCOL", "3")
+    assert load_settings(None).broker.protocol == 3
+    monkeypatch.setenv("CUFFWATCH_BROKER__PROTOCOL", "4")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert [p.split(":")[0] for p in info.value.problems] == ["broker.protocol"]
