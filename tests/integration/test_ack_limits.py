@@ -35,6 +35,7 @@ from gateway.metrics import Counters
 from tests.support.alert_flow import arm_team, now_ms, reading
 from tests.support.gateway_process import GatewayProcess, write_config
 from tests.support.harness import MqttProbe, gateway_settings, wait_for
+from tests.support.raw_http import until_closed
 from tests.support.servers import MosquittoServer, free_port
 
 HOST = "127.0.0.1"
@@ -107,21 +108,6 @@ def token() -> str:
 
 async def connect(port: int) -> Conn:
     return await asyncio.wait_for(asyncio.open_connection(HOST, port), 3.0)
-
-
-async def until_closed(reader: asyncio.StreamReader) -> tuple[float, bytes]:
-    """Read until the server closes the connection: how long that took and what it sent."""
-    start = time.monotonic()
-    received = b""
-    try:
-        async with asyncio.timeout(WITHIN_S):
-            while chunk := await reader.read(65536):
-                received += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        pytest.fail(f"the connection stayed open for {WITHIN_S:g} s", pytrace=False)
-    return time.monotonic() - start, received
 
 
 def held_by_server(port: int) -> list[int]:

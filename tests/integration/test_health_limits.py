@@ -28,6 +28,7 @@ from gateway.health import (
 )
 from tests.support.gateway_process import GatewayProcess, http_get
 from tests.support.harness import gateway_settings, wait_for
+from tests.support.raw_http import until_closed
 from tests.support.roster import prescribed, roster
 from tests.support.servers import MosquittoServer
 
@@ -98,27 +99,6 @@ def held_by_server(port: int) -> list[int]:
     """
     return sorted(c.raddr.port for c in psutil.Process().net_connections(kind="tcp")
                   if c.laddr and c.laddr.port == port and c.raddr)
-
-
-async def until_closed(reader: asyncio.StreamReader, within_s: float = WITHIN_S,
-                       ) -> tuple[float, bytes]:
-    """Read until the server closes the connection: the seconds that took and what it sent.
-
-    Fails the test if the connection is still open after `within_s`.
-    """
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    received = b""
-    try:
-        async with asyncio.timeout(within_s):
-            while chunk := await reader.read(65536):
-                received += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        pytest.fail(f"server kept the connection open for {within_s:g} s "
-                    f"(sent {received[:80]!r})", pytrace=False)
-    return loop.time() - start, received
 
 
 async def read_status(reader: asyncio.StreamReader) -> int:
