@@ -490,10 +490,18 @@ class Settings(BaseSettings):
 
         protocol = (a.protocol if a else None) or (rx.protocol if rx else Protocol.BFR)
         lop = (a.lop_mmhg if a else None) or (rx.lop_mmhg if rx else None)
-        pct = (a.target_pct_lop if a else None) or (rx.target_pct_lop if rx else None)
-        target = (a.target_mmhg if a else None) or (rx.target_mmhg if rx else None)
-        if target is None and pct is not None and lop is not None:
-            target = round(lop * pct / 100.0, 1)
+        # the target (SPEC §3): the assignment's, in mmHg or as a share of LOP, before the
+        # roster's; a share applies to the LOP in force (a re-measured one included)
+        target: float | None = None
+        for source in (a, rx):
+            if source is None:
+                continue
+            if source.target_mmhg is not None:
+                target = source.target_mmhg
+            elif source.target_pct_lop is not None and lop is not None:
+                target = round(lop * source.target_pct_lop / 100.0, 1)
+            if target is not None:
+                break
 
         limits = defaults.leg if limb.is_leg else defaults.arm
         hard_max = limits.hard_max_mmhg

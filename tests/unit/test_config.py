@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.config import ConfigError, IpcLimits, LimbLimits, load_settings
+from core.config import Assignment, ConfigError, IpcLimits, LimbLimits, load_settings
 from core.config_checks import file_problems, route_warnings
 from core.model import Limb, Protocol
 
@@ -676,3 +676,29 @@ def test_the_mqtt_protocol_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError) as info:
         load_settings(None)
     assert [p.split(":")[0] for p in info.value.problems] == ["broker.protocol"]
+
+
+def test_an_assignments_share_of_lop_wins_over_the_rosters_target(tmp_path: Path) -> None:
+    """SPEC v2 §3: the assignment's target_pct_lop × LOP before the roster's target_mmhg."""
+    path = tmp_path / "rx.toml"
+    path.write_text(
+        "[teams.t1.athletes.a-17.prescriptions.left_leg]\n"
+        "lop_mmhg = 220\ntarget_mmhg = 150\n"
+        "[teams.t1.athletes.a-18.prescriptions.left_leg]\n"
+        "lop_mmhg = 220\ntarget_pct_lop = 60\n"
+        '[teams.t1.cuffs.c7]\nathlete = "a-17"\nlimb = "left_leg"\n'
+        '[teams.t1.cuffs.c8]\nathlete = "a-18"\nlimb = "left_leg"\n'
+    )
+    s = load_settings(path)
+
+    def target(athlete: str, **assigned: Any) -> float | None:
+        a = Assignment(athlete=athlete, **assigned) if assigned else None
+        return s.rule_params("t1", athlete, Limb.LEFT_LEG, a).target_mmhg
+
+    assert target("a-17") == 150.0  # the roster's, as it is
+    assert target("a-17", target_pct_lop=50) == 110.0  # 50 % of the roster's LOP
+    assert target("a-17", target_pct_lop=50, lop_mmhg=200) == 100.0
+    assert target("a-17", target_mmhg=140, target_pct_lop=50) == 140.0
+    assert target("a-17", lop_mmhg=200) == 150.0  # a LOP alone leaves an absolute target
+    assert target("a-18") == 132.0
+    assert target("a-18", lop_mmhg=200) == 120.0  # the roster's share of the new LOP
