@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from alerts.engine import NOTHING, AlertEngine, Outcome
 from alerts.model import Alert, AlertKind, AlertState, Transition
 from core.config import Assignment, Settings
-from core.model import CuffPhase, Reading
+from core.model import CuffPhase, Limb, Protocol, Reading
 from core.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from gateway.decode import Rejected, Rejection, RejectReason, decode_readings, decode_status
 from gateway.metrics import Counters, RejectLog
@@ -317,9 +317,31 @@ class MessageHandler:
             raise Rejected(RejectReason.INVALID_ASSIGNMENT, f"{where}: {first['msg']}") from None
         # it would be pushed to staff and stored as a tag: only the roster's athletes
         state.check_athlete(assignment.athlete)
+        self._check_target(state.team, assignment, assignment.limb or state.limb)
         state.set_assignment(assignment)
         log.info("%s/%s: assigned to %s %s", team, cuff, assignment.athlete, state.limb.value)
         return f"{team}/{cuff}: assigned to {assignment.athlete} {state.limb.value}"
+
+    def _check_target(self, team: str, assignment: Assignment, limb: Limb) -> None:
+        """Rejected when the prescription would make every bout at it a critical alert: a
+        target not below the hard ceiling, or (bfr) not below LOP (as core.roster_checks
+        refuses in the configuration)."""
+        p = self.settings.rule_params(team, assignment.athlete, limb, assignment)
+        target = p.target_mmhg
+        if target is None:
+            return
+        if target >= p.hard_max_mmhg:
+            raise Rejected(
+                RejectReason.INVALID_ASSIGNMENT,
+                f"target {target:g} mmHg is not below the {limb.value} hard ceiling of "
+                f"{p.hard_max_mmhg:g} mmHg: every bout at it would be a critical over_pressure",
+            )
+        if p.protocol is Protocol.BFR and p.lop_mmhg is not None and target >= p.lop_mmhg:
+            raise Rejected(
+                RejectReason.INVALID_ASSIGNMENT,
+                f"target {target:g} mmHg is not below LOP {p.lop_mmhg:g} mmHg: full occlusion, "
+                'which bfr never prescribes (for full occlusion, protocol "ipc")',
+            )
 
     def ack(self, team: str, cuff: str, kind_text: str, by: str | None) -> Actions:
         """Acknowledge the open alert of that kind on that cuff: an `…/ack` message, or a tap

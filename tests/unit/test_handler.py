@@ -327,3 +327,24 @@ def test_a_bad_topic_is_answered_on_rejected_only_under_valid_ids(
     echo = json.loads(actions.rejection.to_json())
     assert echo["code"] == "bad_topic"
     assert "invalid id" in echo["reason"]
+
+
+def test_an_assignment_whose_target_every_bout_would_alarm_on_is_refused() -> None:
+    """Config refuses such a prescription (core.roster_checks); over MQTT too: a target not
+    below the hard ceiling, or a bfr target not below LOP, changes nothing."""
+    rig = _Rig()
+    for body, said in [
+        ({"athlete": "a2", "target_mmhg": 260}, "not below the left_arm hard ceiling of 250"),
+        ({"athlete": "a2", "lop_mmhg": 200, "target_pct_lop": 100}, "not below LOP 200"),
+        ({"athlete": "a2", "limb": "left_leg", "target_mmhg": 300}, "hard ceiling of 300"),
+    ]:
+        refused = rig.send("bfr/t1/cuffs/c1/assignment", body)
+        assert refused.rejection is not None, body
+        assert refused.rejection.reason is RejectReason.INVALID_ASSIGNMENT
+        assert said in refused.rejection.detail, refused.rejection.detail
+        assert rig.fleet.cuffs["c1"].assignment is None
+    # ipc may occlude fully: at LOP, below the ceiling, it stands
+    fine = rig.send("bfr/t1/cuffs/c1/assignment",
+                    {"athlete": "a2", "protocol": "ipc", "lop_mmhg": 200, "target_pct_lop": 100})
+    assert fine.rejection is None
+    assert rig.fleet.cuffs["c1"].assignment is not None
