@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,50 @@ LINGER_S = 1.0
 # Stopping waits this long for answers in flight (each takes milliseconds), not aiohttp's 60 s
 # default, so a client cannot hold up the gateway's shutdown.
 SHUTDOWN_TIMEOUT_S = 2.0
+
+
+# aiohttp logs every malformed request at ERROR with its traceback: any client could fill the
+# log. Its lines go to HTTP_LOGGER, at most this many a minute, each one line without the
+# traceback (the exception's text says what was wrong); the rest are counted, and the next
+# line passed says how many were left out.
+HTTP_LOGGER = "cuffwatch.http"
+HTTP_LOG_PER_MINUTE = 10
+
+
+class OneLineBudget(logging.Filter):
+    """At most `per_minute` records a minute, each turned into one WARNING line."""
+
+    def __init__(self, per_minute: int = HTTP_LOG_PER_MINUTE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._clock = clock
+        self._window_start = clock()
+        self._passed = 0
+        self.dropped = 0  # since the last line passed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        if now - self._window_start >= 60.0:
+            self._window_start, self._passed = now, 0
+        if self._passed >= self.per_minute:
+            self.dropped += 1
+            return False
+        self._passed += 1
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f": {record.exc_info[1]!r}"
+        if self.dropped:
+            text += f" ({self.dropped} more such line(s) left out)"
+            self.dropped = 0
+        record.msg, record.args = text, ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_http_log = logging.getLogger(HTTP_LOGGER)
+_http_log.addFilter(OneLineBudget())
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +124,7 @@ async def serve(handler: Handler, host: str, port: int, limits: Limits
     # each answer, and it closes a connection still waiting for a whole request head then:
     # the keep-alive bound is the read deadline as well.
     server = CappedServer(
-        handler, cap=limits.cap, access_log=None,
+        handler, cap=limits.cap, access_log=None, logger=_http_log,
         keepalive_timeout=limits.idle_timeout_s, lingering_time=LINGER_S,
         max_line_size=limits.max_line_size, max_field_size=limits.max_field_size,
         max_headers=limits.max_headers,

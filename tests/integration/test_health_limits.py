@@ -10,6 +10,7 @@ runs late); no assertion needs something to happen quickly, only eventually or n
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from gateway.health import (
     MAX_LINE_SIZE,
     HealthServer,
 )
+from gateway.lowhttp import HTTP_LOG_PER_MINUTE, HTTP_LOGGER, OneLineBudget
 from tests.support.gateway_process import GatewayProcess, http_get
 from tests.support.harness import gateway_settings, wait_for
 from tests.support.raw_http import until_closed
@@ -175,6 +177,28 @@ async def test_an_oversized_request_gets_a_4xx_and_is_closed(
         await until_closed(reader)
     finally:
         writer.close()
+
+
+async def test_a_flood_of_malformed_requests_is_logged_in_a_few_one_line_records(
+    health: HealthServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiohttp logs each malformed request at ERROR with a traceback: any client could fill
+    # the gateway's log. At most HTTP_LOG_PER_MINUTE lines a minute, one line each.
+    # (a fresh minute's budget: earlier tests in this process may have spent the shared one)
+    monkeypatch.setattr(logging.getLogger(HTTP_LOGGER), "filters", [OneLineBudget()])
+    caplog.set_level(logging.DEBUG, logger=HTTP_LOGGER)
+    for _ in range(3 * HTTP_LOG_PER_MINUTE):
+        reader, writer = await connect(health.port)
+        try:
+            writer.write(OVERSIZED["header field"])
+            assert 400 <= await read_status(reader) < 500
+            await until_closed(reader)
+        finally:
+            writer.close()
+    lines = [r for r in caplog.records if r.name == HTTP_LOGGER]
+    assert 1 <= len(lines) <= HTTP_LOG_PER_MINUTE, [r.getMessage() for r in lines]
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in lines)
+    assert all("\n" not in r.getMessage() for r in lines)
 
 
 # -- what a scraper and an orchestrator do still works ------------------------------------------
