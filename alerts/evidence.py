@@ -15,7 +15,7 @@ from alerts.clock import DeviceClock
 from alerts.window import OcclusionWindow, PairedMeans
 from core.model import PLAUSIBLE_MAX_MMHG, PLAUSIBLE_MIN_MMHG, Reading
 from core.params import LOP_MEAN_WINDOW_S, MEAN_WINDOW_S, SESSION_WINDOW_S, RuleParams
-from core.seq import SEQ_HALF, SEQ_MODULUS
+from core.seq import seq_went_back
 
 # elapsed_s restarting inside a bout means a new bout (we missed the deflation) when the new
 # start lies after our last reading; this much slack absorbs device clock jitter and
@@ -211,8 +211,7 @@ class CuffEvidence:
         self.fault_now = False
         self.battery_pct = battery
         last_seq = self.last_seq
-        # core.seq.seq_went_back, inlined: a call per reading costs more than the arithmetic
-        seq_back = last_seq is not None and (seq - last_seq) % SEQ_MODULUS >= SEQ_HALF
+        seq_back = last_seq is not None and seq_went_back(seq, last_seq)
         self.last_seq = seq
         plausible = PLAUSIBLE_MIN_MMHG <= x <= PLAUSIBLE_MAX_MMHG
         if not plausible:

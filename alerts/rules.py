@@ -208,10 +208,7 @@ def judge_session(ev: CuffEvidence, p: RuleParams, now: float) -> Judgement:
     last = ev.last_ts_ms
     if last is None:
         return UNKNOWN
-    # rule time now: `ev.device_now_ms(now)`, inlined (this judge runs after every reading,
-    # when no time has passed since it)
-    since = now - ev.last_seen
-    now_ms = last if since <= 0.0 else last + round(since * 1000)
+    now_ms = ev.device_now_ms(now)  # rule time, run on from the last reading
     # an open bout counts until now; a finished one until its last reading
     open_until_ms = now_ms if ev.inflated else (last or now_ms)
     per_hour = p.max_bouts_per_hour
