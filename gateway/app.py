@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from gateway.decode import Rejected
 from gateway.delivery import AlertDelivery
 from gateway.errors import BrokerRefusedError
 from gateway.gmqtt_compat import ReplyTo
-from gateway.handler import Actions, MessageHandler, Store
+from gateway.handler import Actions, Answer, MessageHandler, Store
 from gateway.health import HealthServer
 from gateway.hold import HoldState, StorageHold, encode
 from gateway.metrics import Counters, GatewayCollector, RejectLog
@@ -312,21 +311,17 @@ class Gateway:
         return result
 
     def _answer(self, actions: Actions, reply_to: ReplyTo) -> None:
-        rejection, answer = actions.rejection, actions.answer
-        if rejection is not None:
-            team = rejection.team
-            body = json.dumps({"ok": False, "reason": rejection.reason.value,
-                               "detail": rejection.detail}).encode()
-        elif answer is not None:
-            team, body = answer.team, answer.to_json()
-        else:
+        rejection = actions.rejection
+        answer = Answer.refused(rejection) if rejection is not None else actions.answer
+        if answer is None:
             return  # not a request we answer (telemetry, status)
+        team = answer.team
         if not team or not self.topics.is_reply_topic(team, reply_to.topic):
             # never publish where a sender says: only on its team's reply topics
             log.debug("not answering on %r: not a reply topic of team %r",
                       reply_to.topic[:200], team)
             return
-        self.mqtt.outbound.publish_request(reply_to.topic, body, reply=reply_to)
+        self.mqtt.outbound.publish_request(reply_to.topic, answer.to_json(), reply=reply_to)
 
     def _carry_out(self, actions: Actions) -> FastResult | Staged:
         for t in actions.alerts:

@@ -29,7 +29,7 @@ from core.model import CuffPhase, Limb, Protocol, Reading
 from core.topics import BadTopic, ParsedTopic, TopicKind, Topics
 from gateway.decode import Rejected, Rejection, RejectReason, decode_readings, decode_status
 from gateway.metrics import Counters, RejectLog
-from gateway.state import Fleet
+from gateway.state import CuffState, Fleet
 from ingest import lineproto
 
 log = logging.getLogger("cuffwatch.gateway")
@@ -64,6 +64,11 @@ class Answer:
     reason: str = ""  # why not: a RejectReason value, or `no_open_alert`
     detail: str = ""
     alert: Alert | None = None  # the alert an ack acknowledged
+
+    @classmethod
+    def refused(cls, rejection: Rejection) -> Answer:
+        """The answer to a request that was rejected: its code and why."""
+        return cls(rejection.team, False, rejection.reason.value, rejection.detail)
 
     def to_json(self) -> bytes:
         body: dict[str, object] = {"ok": self.ok}
@@ -207,10 +212,10 @@ class MessageHandler:
         if kind is TopicKind.ACK:
             if retain:  # replayed to every new subscription: it would silence forever
                 raise Rejected(RejectReason.RETAINED, RETAINED_ACK)
-            kind_text = parsed.alert_kind or ""
-            self.fleet.lookup(team, cuff)  # an unknown cuff, then a bad kind, before the payload
-            _alert_kind(kind_text)
-            return self.ack(team, cuff, kind_text, _ack_by(payload))
+            # an unknown cuff, then a bad kind, before the payload
+            state = self.fleet.lookup(team, cuff)
+            alert_kind = _alert_kind(parsed.alert_kind or "")
+            return self._acknowledge(state, alert_kind, _ack_by(payload))
         if kind is TopicKind.ALERT and retain and payload:
             self._restore_alert(team, cuff, payload)
         return NOTHING_TO_DO
@@ -350,14 +355,16 @@ class MessageHandler:
 
         Raises Rejected for a cuff not in the roster or a word that is no alert kind.
         """
-        state = self.fleet.lookup(team, cuff)
-        kind = _alert_kind(kind_text)
+        return self._acknowledge(self.fleet.lookup(team, cuff), _alert_kind(kind_text), by)
+
+    def _acknowledge(self, state: CuffState, kind: AlertKind, by: str | None) -> Actions:
+        team, cuff = state.team, state.cuff
         if by is not None:
             by = by[:ACK_BY_MAX_CHARS]
-        acked = self.engine.on_ack(state.team, cuff, kind, by)
+        acked = self.engine.on_ack(team, cuff, kind, by)
         if not acked:
             return Actions(answer=Answer(
-                team, False, NO_OPEN_ALERT, f"no open {kind_text} alert on {team}/{cuff}"
+                team, False, NO_OPEN_ALERT, f"no open {kind.value} alert on {team}/{cuff}"
             ))
         stored = self._stored(acked)
         return Actions(alerts=stored.alerts, store=stored.store, lines=stored.lines,
