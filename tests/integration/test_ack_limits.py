@@ -10,7 +10,6 @@ eventually or not early, except the alerts' own latency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
 import statistics
@@ -35,10 +34,9 @@ from gateway.metrics import Counters
 from tests.support.alert_flow import arm_team, now_ms, reading
 from tests.support.gateway_process import GatewayProcess, write_config
 from tests.support.harness import MqttProbe, gateway_settings, wait_for
-from tests.support.raw_http import until_closed
+from tests.support.raw_http import HOST, Conn, connect, slowloris, until_closed
 from tests.support.servers import MosquittoServer, free_port
 
-HOST = "127.0.0.1"
 IDLE_S = 1.0
 WITHIN_S = 10.0
 SECRET = b"limits-test-secret-0123456789abcdef!!"
@@ -46,7 +44,6 @@ PER_CLIENT = Rate(burst=20, per_s=1.0)
 OVERALL = Rate(burst=100, per_s=20)
 FORM = b"Content-Type: application/x-www-form-urlencoded\r\n"
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class StandIn:
@@ -104,10 +101,6 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 def token() -> str:
     return sign(SECRET, alert_id="01JD0000000000000000000001", team="t1", cuff="c1",
                 kind="over_pressure", person="Sam", expires_at=int(time.time()) + 600)
-
-
-async def connect(port: int) -> Conn:
-    return await asyncio.wait_for(asyncio.open_connection(HOST, port), 3.0)
 
 
 def held_by_server(port: int) -> list[int]:
@@ -197,23 +190,8 @@ async def test_a_silent_connection_is_closed_at_the_deadline(start_server: Start
 
 async def test_a_slowloris_head_is_closed_at_the_deadline(start_server: StartServer) -> None:
     server, target = await start_server()
-    reader, writer = await connect(server.port)
-
-    async def trickle() -> None:
-        writer.write(f"POST /ack/{token()} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
-        with contextlib.suppress(OSError):
-            while True:
-                await writer.drain()
-                await asyncio.sleep(0.1)
-                writer.write(b"a")
-
-    trickler = asyncio.create_task(trickle())
-    try:
-        took, sent = await until_closed(reader)
-    finally:
-        trickler.cancel()
-        await asyncio.gather(trickler, return_exceptions=True)
-        writer.close()
+    took, sent = await slowloris(
+        server.port, f"POST /ack/{token()} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
     assert sent == b""
     assert took >= IDLE_S * 0.5
     assert target.acks == []

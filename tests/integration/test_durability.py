@@ -226,6 +226,21 @@ async def test_broker_restart_mid_stream_loses_nothing(
         await assert_every_reading_once(influxdb, influx_db, stream)
 
 
+async def spooled_while_influxdb_is_unreachable(
+    mosquitto: MosquittoServer, settings: Settings, topic_root: str, rounds: int,
+) -> Stream:
+    """A gateway run whose InfluxDB cannot be reached (port 1 refuses; a stopped server's
+    port could be reused): `rounds` of readings sent, accepted, and left in the spool."""
+    down = settings.model_copy(update={"influx": settings.influx.model_copy(
+        update={"url": "http://127.0.0.1:1"})})
+    async with running_gateway(down) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
+        stream = Stream(dev, topic_root)
+        await stream.send(rounds)
+        await stream.acked()
+        await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
+    return stream
+
+
 async def test_corrupt_spool_tail_is_skipped_and_good_records_replayed(
     mosquitto: MosquittoServer, make_influxdb: Callable[[], InfluxDB1Server], topic_root: str,
     tmp_path: Path,
@@ -234,14 +249,8 @@ async def test_corrupt_spool_tail_is_skipped_and_good_records_replayed(
     influxdb.create_database("bfr")
     spool_dir = tmp_path / "spool"
     settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
-    # first run: InfluxDB unreachable (port 1 refuses; a stopped server's port could be reused)
-    down = settings.model_copy(update={"influx": settings.influx.model_copy(
-        update={"url": "http://127.0.0.1:1"})})
-    async with running_gateway(down) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
-        stream = Stream(dev, topic_root)
-        await stream.send(25)
-        await stream.acked()
-        await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
+    # first run: InfluxDB unreachable
+    stream = await spooled_while_influxdb_is_unreachable(mosquitto, settings, topic_root, 25)
     # the gateway stopped with everything on disk; now a crash mangles the tail
     segments = sorted(spool_dir.glob("*.seg"))
     assert segments, "the spool holds the outage's readings"
@@ -283,13 +292,7 @@ async def test_a_spool_left_by_the_previous_version_replays_at_the_right_times(
     influxdb.create_database("bfr")
     spool_dir = tmp_path / "spool"
     settings = settings_for(mosquitto, influxdb, "bfr", topic_root, tmp_path)
-    down = settings.model_copy(update={"influx": settings.influx.model_copy(
-        update={"url": "http://127.0.0.1:1"})})
-    async with running_gateway(down) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
-        stream = Stream(dev, topic_root)
-        await stream.send(10)
-        await stream.acked()
-        await wait_for(lambda: gw.counters.accepted == stream.total, what="all accepted")
+    stream = await spooled_while_influxdb_is_unreachable(mosquitto, settings, topic_root, 10)
     assert rewrite_as_the_previous_version(spool_dir) > 0
     async with running_gateway(settings) as gw, MqttProbe(mosquitto.host, mosquitto.port) as dev:
         assert gw.spool.corrupt_records == 0

@@ -30,14 +30,12 @@ from gateway.health import (
 from gateway.lowhttp import HTTP_LOG_PER_MINUTE, HTTP_LOGGER, OneLineBudget
 from tests.support.gateway_process import GatewayProcess, http_get
 from tests.support.harness import gateway_settings, wait_for
-from tests.support.raw_http import until_closed
+from tests.support.raw_http import CONNECT_TIMEOUT_S, HOST, Conn, connect, slowloris, until_closed
 from tests.support.roster import prescribed, roster
 from tests.support.servers import MosquittoServer
 
-HOST = "127.0.0.1"
 IDLE_S = 1.0  # the in-process server's idle timeout (IDLE_TIMEOUT_S, 5 s, in production)
 WITHIN_S = 10.0  # how long to wait for what should happen: a bound for a wedged server only
-CONNECT_TIMEOUT_S = 3.0  # a loopback connect; the old server, out of descriptors, never accepts
 FD_LIMIT = 256  # the child's RLIMIT_NOFILE: the issue's ~1,100 idle vs 1,024, scaled down
 IDLE_CONNECTIONS = 300  # more than FD_LIMIT, so the old server runs out of descriptors
 READYZ_TIMEOUT_S = 10.0  # /readyz of a gateway under the flood (the old one never answers)
@@ -52,7 +50,6 @@ PROMETHEUS_HEADERS = {
     "X-Prometheus-Scrape-Timeout-Seconds": "10",
 }
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 StartHealth = Callable[..., Awaitable[HealthServer]]
 
 
@@ -82,10 +79,6 @@ async def start_health() -> AsyncIterator[StartHealth]:
 @pytest.fixture
 async def health(start_health: StartHealth) -> HealthServer:
     return await start_health()
-
-
-async def connect(port: int) -> Conn:
-    return await asyncio.wait_for(asyncio.open_connection(HOST, port), CONNECT_TIMEOUT_S)
 
 
 def close_all(conns: list[Conn]) -> None:
@@ -129,25 +122,8 @@ async def test_a_slowloris_trickling_a_header_is_closed_at_the_deadline(
 ) -> None:
     """A byte every 0.1 s does not move the deadline: the whole head is due IDLE_S after
     connecting (the trickle goes on for ever, so only the deadline can close it)."""
-    reader, writer = await connect(health.port)
-
-    async def trickle() -> None:
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        try:
-            while True:
-                await writer.drain()
-                await asyncio.sleep(0.1)
-                writer.write(b"a")
-        except OSError:  # the server closed it: a reset or a broken pipe
-            return
-
-    trickler = asyncio.create_task(trickle())
-    try:
-        took, sent = await until_closed(reader)
-    finally:
-        trickler.cancel()
-        await asyncio.gather(trickler, return_exceptions=True)
-        writer.close()
+    took, sent = await slowloris(health.port,
+                                 b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     assert sent == b""
     assert took >= IDLE_S * 0.5
 

@@ -12,10 +12,8 @@ Stand-ins: tests/support/push_services.py. Routing and retries: test_push_receiv
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -30,6 +28,7 @@ from alerts.push import PushDispatcher
 from core.acktoken import AckClaims, verify
 from core.model import Severity
 from tests.support.alert_samples import NAMES, alert, raised, resolved, spec
+from tests.support.push_rig import eventually, running
 from tests.support.push_services import (
     key30,
     ntfy_server,
@@ -38,7 +37,6 @@ from tests.support.push_services import (
 )
 from tests.support.receivers import HttpReceiver, smtp_server
 
-WAIT_S = 10.0
 FAST: dict[str, Any] = {
     "attempt_timeout_s": 2.0,
     "backoff_initial_s": 0.01,
@@ -60,20 +58,6 @@ def links(public_url: str = PUBLIC) -> AckLinks:
     return AckLinks(public_url, SECRET, TTL_S)
 
 
-async def eventually(condition: Callable[[], Any]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():  # noqa: ASYNC110 (polls receivers; no event to await)
-            await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(dispatcher: PushDispatcher) -> AsyncIterator[PushDispatcher]:
-    task = asyncio.create_task(dispatcher.run(), name="test.push.run")
-    try:
-        yield dispatcher
-    finally:
-        await dispatcher.aclose()
-        await task
 
 
 def claims_of(url: str, *, prefix: str = PUBLIC, suffix: str = "") -> AckClaims:

@@ -7,10 +7,8 @@ Rendering and routing without a receiver: tests/unit/test_push.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,9 +17,9 @@ from alerts.model import AlertKind, AlertState, Change, Transition
 from alerts.push import PushDispatcher
 from core.model import Severity
 from tests.support.alert_samples import NAMES, T0_MS, alert, raised, resolved, spec
+from tests.support.push_rig import eventually, running
 from tests.support.receivers import HangingServer, HttpReceiver, smtp_server
 
-WAIT_S = 10.0  # upper bound for "eventually"; every wait here normally ends in milliseconds
 # Retries fast enough for a test, same code path as production.
 FAST: dict[str, Any] = {
     "attempt_timeout_s": 2.0,
@@ -42,20 +40,6 @@ def closed_port() -> int:
     return port  # nothing listens here now: connection refused
 
 
-async def eventually(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():  # noqa: ASYNC110 (polls counters and receivers; no event to await)
-            await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(dispatcher: PushDispatcher) -> AsyncIterator[PushDispatcher]:
-    task = asyncio.create_task(dispatcher.run(), name="test.push.run")
-    try:
-        yield dispatcher
-    finally:
-        await dispatcher.aclose()
-        await task
 
 
 async def test_full_queue_drops_oldest_non_critical_first(receiver: HttpReceiver) -> None:
